@@ -1,0 +1,63 @@
+"""fitdock: estimator-style training jobs on your own machines and clusters.
+
+    from fitdock import Chainer, Mpi
+
+    run = Chainer(source_directory="examples/chainer_mnist", entry_script="train.py",
+                  process_count_per_node=2, distributed_training=Mpi(),
+                  user_managed=True).fit()
+
+The names below are imported lazily so that ``import fitdock`` (done by every
+rank of every job) stays fast and pulls in no heavy framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fitdock._version import __version__
+
+if TYPE_CHECKING:
+    from fitdock.environments.spec import Environment
+    from fitdock.errors import FitdockError
+    from fitdock.estimators.base import Estimator
+    from fitdock.estimators.distribution import Mpi
+    from fitdock.estimators.frameworks import Chainer, PyTorch
+    from fitdock.runs.run import Run
+    from fitdock.runs.status import RunStatus
+
+_EXPORTS = {
+    "Chainer": "fitdock.estimators.frameworks",
+    "Environment": "fitdock.environments.spec",
+    "Estimator": "fitdock.estimators.base",
+    "FitdockError": "fitdock.errors",
+    "Mpi": "fitdock.estimators.distribution",
+    "PyTorch": "fitdock.estimators.frameworks",
+    "Run": "fitdock.runs.run",
+    "RunStatus": "fitdock.runs.status",
+}
+
+__all__ = [
+    "Chainer",
+    "Environment",
+    "Estimator",
+    "FitdockError",
+    "Mpi",
+    "PyTorch",
+    "Run",
+    "RunStatus",
+    "__version__",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fitdock' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,332 @@
+"""The ``fitdock`` command: run jobs, look at runs, list curated environments."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fitdock.errors import FitdockError
+
+EPILOG = """examples:
+  fitdock run --framework chainer --source-directory examples/chainer_mnist \\
+      --entry-script train.py -n 2 --user-managed -- --epochs 3
+  fitdock run job.yml --dry-run
+  fitdock runs list
+  fitdock runs logs RUN_ID --follow
+  fitdock env show chainer-7.8.1-cpu
+"""
+
+RUN_HELP = """Run a training job, from flags or a YAML job file whose keys are the estimator's
+arguments (source_directory, entry_script, script_params, process_count_per_node,
+max_run_duration_seconds, ...) plus `framework: chainer|pytorch|none`. Flags override
+the file. Arguments after `--` go to the script. With more than one process the job
+runs through MPI."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fitdock",
+        description="Estimator-style training jobs on your own machines.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run(sub)
+    _add_runs(sub)
+    _add_env(sub)
+    return parser
+
+
+def _add_run(sub: Any) -> None:
+    run = sub.add_parser("run", help="run a training job", description=RUN_HELP)
+    run.add_argument(
+        "job_file", nargs="?", type=Path, help="YAML job file with estimator arguments"
+    )
+    run.add_argument("--framework", choices=["chainer", "pytorch", "none"], help="default: none")
+    run.add_argument("--framework-version", help="a version from `fitdock env list`")
+    run.add_argument("--source-directory", type=Path, help="folder to snapshot and run from")
+    run.add_argument("--entry-script", help="script to run, relative to the source directory")
+    run.add_argument(
+        "-n", "--process-count-per-node", type=int, help="ranks per node (MPI when > 1)"
+    )
+    run.add_argument("--node-count", type=int, help="nodes (the local target has one)")
+    run.add_argument("--max-run", type=float, metavar="SECONDS", help="max_run_duration_seconds")
+    run.add_argument(
+        "--grace", type=float, metavar="SECONDS", help="termination_grace_seconds (30)"
+    )
+    run.add_argument("--target", help="compute target (default: local)")
+    run.add_argument(
+        "--user-managed", action="store_true", default=None, help="use this interpreter as is"
+    )
+    run.add_argument("--use-gpu", action="store_true", default=None, help="the GPU environment")
+    run.add_argument("--pip", action="append", metavar="PKG", help="extra pip package (repeatable)")
+    run.add_argument("--env", action="append", metavar="NAME=VALUE", help="variable for the job")
+    run.add_argument("--resume-from", metavar="RUN_OR_DIR", help="a run id or checkpoint folder")
+    run.add_argument("--dry-run", action="store_true", help="print the launch plan; run nothing")
+    run.add_argument("--detach", action="store_true", help="print the run id and return at once")
+    run.add_argument("--quiet", action="store_true", help="do not stream the job's output")
+    run.set_defaults(func=cmd_run)
+
+
+def _add_runs(sub: Any) -> None:
+    runs = sub.add_parser(
+        "runs", help="list and inspect runs", description="Runs under $FITDOCK_HOME."
+    )
+    rsub = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
+    listing = rsub.add_parser("list", help="one line per run, newest last")
+    listing.add_argument("--limit", type=int, default=20, help="show the newest N (20)")
+    listing.set_defaults(func=cmd_runs_list)
+    for name, func, text in (
+        ("show", cmd_runs_show, "a run's summary (--json: the whole record)"),
+        ("logs", cmd_runs_logs, "a run's logs, tagged by rank"),
+        ("metrics", cmd_runs_metrics, "a run's metrics as JSON"),
+        ("cancel", cmd_runs_cancel, "stop a running run (SIGTERM, grace, SIGKILL)"),
+    ):
+        action = rsub.add_parser(name, help=text, description=text)
+        action.add_argument("run_id")
+        action.set_defaults(func=func)
+        if name == "show":
+            action.add_argument("--json", action="store_true", help="print run.json")
+        if name == "logs":
+            action.add_argument(
+                "-f", "--follow", action="store_true", help="follow until the run ends"
+            )
+
+
+def _add_env(sub: Any) -> None:
+    env = sub.add_parser("env", help="curated environments", description="The curated catalogue.")
+    esub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
+    esub.add_parser("list", help="one line per catalogue row").set_defaults(func=cmd_env_list)
+    show = esub.add_parser("show", help="one environment in full, as YAML")
+    show.add_argument("name", help="a name from `fitdock env list`")
+    show.set_defaults(func=cmd_env_show)
+
+
+# ---------------------------------------------------------------------- run
+def _job_arguments(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    import yaml
+
+    kwargs: dict[str, Any] = {}
+    if ns.job_file is not None:
+        try:
+            loaded = yaml.safe_load(ns.job_file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise FitdockError(f"cannot read job file {ns.job_file}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise FitdockError(f"job file {ns.job_file} must be a mapping of estimator arguments")
+        kwargs.update(loaded)
+        base = ns.job_file.parent
+        if "source_directory" in kwargs:
+            kwargs["source_directory"] = str(base / str(kwargs["source_directory"]))
+    framework = ns.framework or kwargs.pop("framework", "none")
+    flags = {
+        "framework_version": ns.framework_version,
+        "source_directory": ns.source_directory,
+        "entry_script": ns.entry_script,
+        "process_count_per_node": ns.process_count_per_node,
+        "node_count": ns.node_count,
+        "max_run_duration_seconds": ns.max_run,
+        "termination_grace_seconds": ns.grace,
+        "compute_target": ns.target,
+        "user_managed": ns.user_managed,
+        "use_gpu": ns.use_gpu,
+        "pip_packages": ns.pip,
+        "resume_from": ns.resume_from,
+    }
+    kwargs.update({key: value for key, value in flags.items() if value is not None})
+    if ns.env:
+        kwargs["environment_variables"] = {
+            **kwargs.get("environment_variables", {}),
+            **_pairs(ns.env),
+        }
+    if ns.script_args:
+        kwargs["script_params"] = ns.script_args
+    processes = int(kwargs.get("process_count_per_node", 1)) * int(kwargs.get("node_count", 1))
+    if (
+        processes > 1
+        and "distributed_training" not in kwargs
+        and "distributed_backend" not in kwargs
+    ):
+        kwargs["distributed_backend"] = "mpi"
+    if "source_directory" not in kwargs:
+        raise FitdockError("give --source-directory (or source_directory in the job file)")
+    return framework, kwargs
+
+
+def _pairs(items: list[str]) -> dict[str, str]:
+    pairs = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise FitdockError(f"--env takes NAME=VALUE, got {item!r}")
+        pairs[name] = value
+    return pairs
+
+
+def _estimator(framework: str, kwargs: dict[str, Any]) -> Any:
+    import warnings
+
+    from fitdock.estimators.distribution import Mpi
+    from fitdock.estimators.frameworks import Chainer, Estimator, PyTorch
+
+    cls = {"chainer": Chainer, "pytorch": PyTorch, "none": Estimator}[framework]
+    if kwargs.get("distributed_backend") == "mpi":
+        del kwargs["distributed_backend"]
+        kwargs["distributed_training"] = Mpi()
+    elif isinstance(kwargs.get("distributed_training"), dict):
+        kwargs["distributed_training"] = Mpi(**kwargs["distributed_training"])
+    source = kwargs.pop("source_directory")
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        return cls(source, **kwargs)
+
+
+def cmd_run(ns: argparse.Namespace) -> int:
+    framework, kwargs = _job_arguments(ns)
+    estimator = _estimator(framework, kwargs)
+    if ns.dry_run:
+        print(estimator.plan().render())
+        return 0
+    run = estimator.fit(wait=False)
+    print(f"run {run.id}", flush=True)
+    if ns.detach:
+        return 0
+    record = run.wait_for_completion(show_output=not ns.quiet, raise_on_error=False)
+    print(run.summary())
+    return 0 if record["status"] == "Completed" else 1
+
+
+# ---------------------------------------------------------------------- runs
+def cmd_runs_list(ns: argparse.Namespace) -> int:
+    from fitdock.runs.run import Run
+
+    rows = []
+    for run in Run.list()[-ns.limit :]:
+        record = run.record
+        rows.append(
+            (
+                run.id,
+                record["status"],
+                str(record.get("world_size")),
+                record.get("started_at") or "-",
+                record.get("ended_at") or "-",
+            )
+        )
+    print(_columns(("ID", "STATUS", "RANKS", "STARTED", "ENDED"), rows))
+    return 0
+
+
+def cmd_runs_show(ns: argparse.Namespace) -> int:
+    from fitdock.runs.run import Run
+
+    run = Run(ns.run_id)
+    print(json.dumps(run.record, indent=2, sort_keys=True) if ns.json else run.summary())
+    return 0
+
+
+def cmd_runs_logs(ns: argparse.Namespace) -> int:
+    from fitdock.runs.follow import LogFollower
+    from fitdock.runs.run import Run
+
+    run = Run(ns.run_id)
+    follower = LogFollower(run.log_dir)
+    while ns.follow and not run.status.is_terminal:
+        follower.pump()
+        time.sleep(0.2)
+    follower.pump(final=True)
+    return 0
+
+
+def cmd_runs_metrics(ns: argparse.Namespace) -> int:
+    from fitdock.runs.run import Run
+
+    print(json.dumps(Run(ns.run_id).get_metrics(), indent=2))
+    return 0
+
+
+def cmd_runs_cancel(ns: argparse.Namespace) -> int:
+    from fitdock.runs.run import Run
+
+    run = Run(ns.run_id)
+    if run.status.is_terminal:
+        print(f"run {run.id} already ended: {run.status.value}")
+        return 0
+    run.cancel()
+    print(f"cancel requested for run {run.id}")
+    return 0
+
+
+# ---------------------------------------------------------------------- env
+def cmd_env_list(ns: argparse.Namespace) -> int:
+    from fitdock.environments.catalogue import load_catalogue
+
+    rows = []
+    for row in load_catalogue().rows:
+        buildable = "yes" if row.buildable else f"no, use {row.replaced_by}"
+        device = "gpu" if row.gpu else "cpu"
+        rows.append(
+            (
+                row.name,
+                row.framework,
+                row.framework_version,
+                device,
+                row.python_version,
+                row.platform.cuda or "-",
+                buildable,
+            )
+        )
+    print(_columns(("NAME", "FRAMEWORK", "VERSION", "DEVICE", "PYTHON", "CUDA", "BUILDABLE"), rows))
+    return 0
+
+
+def cmd_env_show(ns: argparse.Namespace) -> int:
+    import yaml
+
+    from fitdock.environments.catalogue import load_catalogue
+
+    row = load_catalogue().get(ns.name)
+    env = row.to_environment()
+    doc = {
+        "hash": env.hash(),
+        "buildable": row.buildable,
+        "replaced_by": row.replaced_by,
+        **env.model_dump(mode="json"),
+    }
+    print(yaml.safe_dump(doc, sort_keys=False), end="")
+    return 0
+
+
+def _columns(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    script_args: list[str] = []
+    if "--" in argv:  # everything after `--` belongs to the script, never to fitdock
+        cut = argv.index("--")
+        argv, script_args = argv[:cut], argv[cut + 1 :]
+    ns = _parser().parse_args(argv)
+    ns.script_args = script_args
+    try:
+        return int(ns.func(ns))
+    except FitdockError as exc:
+        print(f"fitdock: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fitdock: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

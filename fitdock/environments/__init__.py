@@ -1,0 +1,1 @@
+"""Environment specs, the curated catalogue, and (later) builders with a hash cache."""

@@ -1,0 +1,68 @@
+"""Every exception fitdock raises on purpose.
+
+    FitdockError                      base: catch this to catch them all
+    ├── SpecError                     bad user input, found before anything is created
+    │   (also a ValueError)           .field names the offending argument
+    ├── NotAvailableError             asked for something this installation cannot do yet
+    ├── SnapshotError                 source directory missing, or over the size/file limits
+    ├── EnvironmentResolutionError    unknown framework version, unknown catalogue entry
+    ├── LauncherNotFoundError         mpirun/mpiexec (or another launcher) is not installed
+    ├── RunNotFoundError              no run record with that id
+    └── RunFailedError                wait_for_completion(raise_on_error=True) on a failed run
+                                      .run_id, .status, .error (which rank, exit code, stderr tail)
+
+Each message says what to change. Lower-level errors are chained with ``from``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class FitdockError(Exception):
+    """Base class of every fitdock error."""
+
+
+class SpecError(FitdockError, ValueError):
+    """An estimator or environment argument is invalid."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class NotAvailableError(FitdockError):
+    """The requested feature is not available in this installation."""
+
+
+class SnapshotError(FitdockError):
+    """The source directory cannot be snapshotted."""
+
+
+class EnvironmentResolutionError(FitdockError, ValueError):
+    """No curated environment matches what was asked for."""
+
+
+class LauncherNotFoundError(FitdockError):
+    """A launcher program (mpirun, mpiexec, ...) is not installed."""
+
+
+class RunNotFoundError(FitdockError, LookupError):
+    """No run record exists with the given id."""
+
+    def __init__(self, run_id: str, home: str) -> None:
+        super().__init__(
+            f"no run {run_id!r} under {home}; `fitdock runs list` shows the runs there"
+        )
+        self.run_id = run_id
+
+
+class RunFailedError(FitdockError):
+    """A run ended in Failed, Canceled or TimedOut."""
+
+    def __init__(self, run_id: str, status: Any, error: dict[str, Any] | None) -> None:
+        detail = (error or {}).get("message", "")
+        super().__init__(f"run {run_id} ended {status}" + (f": {detail}" if detail else ""))
+        self.run_id = run_id
+        self.status = status
+        self.error = error

@@ -1,0 +1,233 @@
+"""Validation of estimator arguments (Azure ML SDK v1 names) into one pydantic model."""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fitdock.environments.spec import Environment
+from fitdock.errors import SpecError
+from fitdock.estimators.distribution import Mpi
+
+_INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+# Deprecated Azure names -> their replacements.
+DEPRECATED = {
+    "custom_docker_base_image": "custom_docker_image",
+    "conda_dependencies_file_path": "conda_dependencies_file",
+    "pip_requirements_file_path": "pip_requirements_file",
+}
+# Accepted for Azure compatibility; they describe cloud resources a local target has none of.
+CLOUD_ONLY = ("vm_size", "vm_priority", "source_directory_data_store", "image_registry_details")
+# Arguments that environment_definition replaces (Azure: "invalid combinations are errors").
+ENV_DEFINITION_CONFLICTS = (
+    "conda_packages",
+    "pip_packages",
+    "custom_docker_image",
+    "conda_dependencies_file",
+    "pip_requirements_file",
+    "user_managed",
+    "use_gpu",
+)
+
+
+class EstimatorArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    source_directory: Path
+    entry_script: str
+    compute_target: str = "local"
+    script_params: dict[str, Any] | list[Any] | None = None
+    node_count: int = Field(default=1, ge=1)
+    process_count_per_node: int = Field(default=1, ge=1)
+    distributed_training: Mpi | None = None
+    use_gpu: bool = False
+    use_docker: bool | None = None
+    custom_docker_image: str | None = None
+    user_managed: bool = False
+    conda_packages: list[str] | None = None
+    pip_packages: list[str] | None = None
+    conda_dependencies_file: Path | None = None
+    pip_requirements_file: Path | None = None
+    environment_variables: dict[str, str] | None = None
+    environment_definition: Environment | None = None
+    inputs: dict[str, Path] | None = None
+    shm_size: str | None = Field(default=None, pattern=r"^[1-9][0-9]*[bkmgBKMG]?$")
+    resume_from: str | None = None
+    max_run_duration_seconds: float | None = Field(default=None, gt=0)
+    termination_grace_seconds: float = Field(default=30.0, ge=0)
+    framework_version: str | None = None
+    max_snapshot_size_mb: float = Field(default=300, gt=0)
+    max_snapshot_files: int = Field(default=2000, ge=1)
+    experiment_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+    @field_validator("source_directory")
+    @classmethod
+    def _source_exists(cls, value: Path) -> Path:
+        path = value.expanduser().resolve()
+        if not path.is_dir():
+            raise ValueError(f"{value} is not a directory; pass the folder that holds your script")
+        return path
+
+    @field_validator("entry_script")
+    @classmethod
+    def _entry_relative(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name the script to run, e.g. entry_script='train.py'")
+        return value
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs_named(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            value = {Path(str(p)).name.replace("-", "_").replace(".", "_"): p for p in value}
+        if isinstance(value, dict):
+            for name, path in value.items():
+                if not isinstance(name, str) or not _INPUT_NAME.match(name):
+                    raise ValueError(
+                        f"input name {name!r} must be a valid identifier such as 'train'"
+                    )
+                if not Path(str(path)).expanduser().exists():
+                    raise ValueError(f"input {name!r}: {path} does not exist")
+            return {name: Path(str(path)).expanduser().resolve() for name, path in value.items()}
+        return value
+
+    @field_validator("environment_variables", mode="before")
+    @classmethod
+    def _vars_text(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(key): str(val) for key, val in value.items()}
+        return value
+
+
+def validate_args(owner: str, raw: dict[str, Any]) -> EstimatorArgs:
+    """Map deprecated names, warn about cloud-only ones, validate, check combinations."""
+    raw = _map_deprecated(owner, raw)
+    for name in CLOUD_ONLY:
+        if raw.pop(name, None) is not None:
+            warnings.warn(
+                f"{owner}: {name} describes a cloud resource and is ignored",
+                UserWarning,
+                stacklevel=3,
+            )
+    raw = _map_distributed_backend(owner, raw)
+    resume = raw.get("resume_from")
+    if resume is not None and not isinstance(resume, (str, Path)):
+        raw["resume_from"] = getattr(resume, "id", resume)  # a Run
+    if isinstance(raw.get("resume_from"), Path):
+        raw["resume_from"] = str(raw["resume_from"])
+    try:
+        args = EstimatorArgs(**{k: v for k, v in raw.items() if v is not None})
+    except ValidationError as exc:
+        raise _spec_error(owner, exc) from None
+    _check_combinations(owner, raw, args)
+    return args
+
+
+def _map_deprecated(owner: str, raw: dict[str, Any]) -> dict[str, Any]:
+    raw = dict(raw)
+    for old, new in DEPRECATED.items():
+        value = raw.pop(old, None)
+        if value is None:
+            continue
+        warnings.warn(f"{owner}: {old} is deprecated; use {new}", DeprecationWarning, stacklevel=4)
+        if raw.get(new) is not None:
+            raise SpecError(f"{owner}: give {new} or the deprecated {old}, not both", field=old)
+        raw[new] = value
+    return raw
+
+
+def _map_distributed_backend(owner: str, raw: dict[str, Any]) -> dict[str, Any]:
+    backend = raw.pop("distributed_backend", None)
+    if backend is None:
+        return raw
+    warnings.warn(
+        f"{owner}: distributed_backend is deprecated; use distributed_training=Mpi()",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+    if str(backend).lower() != "mpi":
+        raise SpecError(
+            f"{owner}: distributed_backend={backend!r} is not supported; the only value is 'mpi' "
+            "(or pass distributed_training=Mpi())",
+            field="distributed_backend",
+        )
+    if raw.get("distributed_training") is not None:
+        raise SpecError(
+            f"{owner}: give distributed_training or the deprecated distributed_backend, not both",
+            field="distributed_backend",
+        )
+    raw["distributed_training"] = Mpi()
+    return raw
+
+
+def _check_combinations(owner: str, raw: dict[str, Any], args: EstimatorArgs) -> None:
+    script = (args.source_directory / args.entry_script).resolve()
+    if not script.is_file():
+        raise SpecError(
+            f"{owner}: entry_script {args.entry_script!r} is not a file in {args.source_directory}",
+            field="entry_script",
+        )
+    if not script.is_relative_to(args.source_directory):
+        raise SpecError(
+            f"{owner}: entry_script must be inside source_directory", field="entry_script"
+        )
+    if args.environment_definition is not None:
+        clashes = [
+            name for name in ENV_DEFINITION_CONFLICTS if raw.get(name) not in (None, False, [])
+        ]
+        if clashes:
+            raise SpecError(
+                f"{owner}: environment_definition already defines the environment; drop "
+                + ", ".join(clashes)
+                + " or put them into the Environment",
+                field=clashes[0],
+            )
+    mpi = args.distributed_training
+    given = raw.get("process_count_per_node")
+    if (
+        mpi is not None
+        and mpi.process_count_per_node not in (None, given)
+        and given not in (None, 1)
+    ):
+        raise SpecError(
+            f"{owner}: process_count_per_node={given} disagrees with "
+            f"Mpi(process_count_per_node={mpi.process_count_per_node}); give it once",
+            field="process_count_per_node",
+        )
+    processes = args.node_count * per_node(args)
+    if processes > 1 and mpi is None:
+        raise SpecError(
+            f"{owner}: node_count={args.node_count} x process_count_per_node={per_node(args)} is a "
+            "distributed job; pass distributed_training=Mpi()",
+            field="distributed_training",
+        )
+
+
+def per_node(args: EstimatorArgs) -> int:
+    mpi = args.distributed_training
+    if mpi is not None and mpi.process_count_per_node is not None:
+        return mpi.process_count_per_node
+    return args.process_count_per_node
+
+
+def _spec_error(owner: str, exc: ValidationError) -> SpecError:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "is not an argument of this estimator"
+        elif err["type"] == "missing":
+            msg = "is required"
+        got = (
+            "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
+        )
+        lines.append(f"{loc}: {msg}{got}")
+    return SpecError(f"{owner}: " + "; ".join(lines), field=field)

@@ -1,0 +1,84 @@
+"""The local target: ranks on this machine, with the current interpreter.
+
+``user_managed=True`` runs the job with the interpreter running fitdock (or
+``Environment.python.interpreter_path`` when it names one). Building a fitdock
+environment for the local target is not available yet.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from fitdock.errors import NotAvailableError, SpecError
+from fitdock.estimators.spec import JobSpec
+from fitdock.launchers import mpi
+from fitdock.launchers.plan import LaunchPlan
+from fitdock.launchers.process import rank_wrapper_argv
+from fitdock.launchers.variables import free_port, job_variables
+from fitdock.runs.store import RunDir
+
+NAME = "local"
+
+
+def check(spec: JobSpec) -> None:
+    """Refuse what the local target cannot run, before anything is created."""
+    if spec.use_docker:
+        raise NotAvailableError(
+            "use_docker=True: Docker environments are not available in this version of fitdock; "
+            "run with use_docker=None/False and user_managed=True"
+        )
+    if not spec.environment.python.user_managed_dependencies:
+        raise NotAvailableError(
+            "user_managed=False asks fitdock to build the environment "
+            f"{spec.environment.name!r}, and the environment builder is not available yet: "
+            "pass user_managed=True to run with the current interpreter "
+            f"({sys.executable}) and the packages installed in it"
+        )
+    if spec.node_count > 1:
+        raise SpecError(
+            f"node_count={spec.node_count}: the local target is one machine; use "
+            "process_count_per_node for more ranks here",
+            field="node_count",
+        )
+
+
+def interpreter(spec: JobSpec) -> str:
+    wanted = spec.environment.python.interpreter_path
+    if wanted in ("python", "python3"):
+        return sys.executable
+    found = shutil.which(wanted)
+    if found is None:
+        raise SpecError(
+            f"interpreter_path {wanted!r} is not an executable", field="interpreter_path"
+        )
+    return found
+
+
+def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
+    check(spec)
+    python = interpreter(spec)
+    command = [python, spec.entry_script, *spec.arguments]
+    wrapped = [*rank_wrapper_argv(python, run.logs), *command]
+    env = job_variables(spec, run, resume_dir, hosts=[socket.gethostname()])
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    if spec.distribution is None:
+        argv = wrapped
+    else:
+        launcher = mpi.find_launcher(spec.distribution)
+        argv = mpi.mpi_argv(launcher, spec.distribution, spec.world_size, wrapped)
+        env.update(mpi.mpi_env(launcher))
+        env["FITDOCK_MPI"] = f"{launcher.flavor.value} {launcher.version}".strip()
+    if spec.distribution is None:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    return LaunchPlan(
+        target=NAME,
+        argv=argv,
+        env=env,
+        cwd=str(run.snapshot),
+        world_size=spec.world_size,
+        interpreter=python,
+        notes=[f"user-managed environment: {python} as it is"],
+    )

@@ -1,0 +1,31 @@
+"""``LaunchPlan``: what a launcher will run, as data that can be printed and compared."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """argv, the variables fitdock sets (on top of the caller's environment), the working
+    directory, and any files the target needs (none for the local target)."""
+
+    target: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    world_size: int
+    interpreter: str
+    files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [f"target: {self.target}", f"ranks: {self.world_size}", f"cwd: {self.cwd}", "argv:"]
+        lines.append("  " + shlex.join(self.argv))
+        lines.append("environment:")
+        lines += [f"  {key}={value}" for key, value in sorted(self.env.items())]
+        for name, text in sorted(self.files.items()):
+            lines += [f"file {name}:", *("  " + line for line in text.splitlines())]
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""From a ``JobSpec`` to a supervised run: check, create the run, plan, launch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import stat
+import sys
+import threading
+from pathlib import Path
+
+from fitdock._version import __version__
+from fitdock.errors import RunNotFoundError, SpecError
+from fitdock.estimators.spec import JobSpec
+from fitdock.launchers.plan import LaunchPlan
+from fitdock.launchers.process import capture
+from fitdock.launchers.supervisor import Supervisor
+from fitdock.launchers.targets import get_target
+from fitdock.runs.run import Run
+from fitdock.runs.snapshot import snapshot
+from fitdock.runs.status import RunStatus
+from fitdock.runs.store import RECORD, RunDir, SupervisorLock, new_run_id, now_iso, runs_root
+
+
+def resolve_resume(resume_from: str | None) -> Path | None:
+    """The checkpoint folder that ``resume_from`` names: a folder, a run folder, or a run id."""
+    if resume_from is None:
+        return None
+    path = Path(resume_from).expanduser()
+    if path.is_dir():
+        return (path / "checkpoints").resolve() if (path / RECORD).is_file() else path.resolve()
+    try:
+        return RunDir.find(resume_from).checkpoints
+    except RunNotFoundError:
+        raise SpecError(
+            f"resume_from={resume_from!r} is neither a folder nor a run id under {runs_root()}",
+            field="resume_from",
+        ) from None
+
+
+def dry_run(spec: JobSpec) -> LaunchPlan:
+    """The plan ``submit`` would run; creates nothing."""
+    target = get_target(spec.compute_target)
+    source = resolve_resume(spec.resume_from)
+    run = RunDir(runs_root() / new_run_id(spec.name))
+    return target.plan(spec, run, run.resume if source else None)
+
+
+def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
+    target = get_target(spec.compute_target)
+    target.check(spec)
+    source = resolve_resume(spec.resume_from)
+    run = RunDir(runs_root() / new_run_id(spec.name))
+    run.path.mkdir(parents=True)
+    lock = SupervisorLock(run.lock_path)
+    lock.acquire()
+    try:
+        summary = snapshot(
+            spec.source_directory, run.snapshot, spec.snapshot.max_size_mb, spec.snapshot.max_files
+        )
+        for folder in (
+            run.logs,
+            run.outputs / "model",
+            run.outputs / "data",
+            run.checkpoints,
+            run.inputs,
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+        for name, path in spec.inputs.items():
+            (run.inputs / name).symlink_to(path)
+        resume_dir = _copy_read_only(source, run.resume) if source else None
+        plan = target.plan(spec, run, resume_dir)
+        run.write(_initial_record(spec, run, plan, summary, source, resume_dir))
+    except BaseException:
+        lock.release()
+        _remove(run.path)
+        raise
+    supervisor = Supervisor(run, plan, spec, lock)
+    thread = threading.Thread(target=supervisor.run, name=f"fitdock-{run.id}")
+    handle = Run(run.id, supervisor=supervisor)
+    thread.start()
+    if wait:
+        handle.wait_for_completion(show_output=show_output, raise_on_error=False)
+    return handle
+
+
+def _initial_record(spec, run, plan, summary, source, resume_dir) -> dict:  # type: ignore[no-untyped-def]
+    return {
+        "id": run.id,
+        "name": spec.name,
+        "status": RunStatus.PREPARING.value,
+        "created_at": now_iso(),
+        "started_at": None,
+        "ended_at": None,
+        "fitdock_version": __version__,
+        "target": plan.target,
+        "spec": spec.model_dump(mode="json"),
+        "environment_hash": spec.environment.hash(),
+        "argv": plan.argv,
+        "env": plan.env,
+        "cwd": plan.cwd,
+        "world_size": plan.world_size,
+        "source": {
+            "directory": str(spec.source_directory),
+            "git_commit": _git_commit(spec.source_directory),
+            "files": summary.files,
+            "bytes": summary.bytes,
+        },
+        "resume": {"from": spec.resume_from, "source_dir": str(source), "dir": str(resume_dir)}
+        if resume_dir
+        else None,
+        "checkpoint_dir": str(run.checkpoints),
+        "ranks": {},
+        "exit_code": None,
+        "error": None,
+        "supervisor": {"pid": os.getpid(), "host": socket.gethostname()},
+    }
+
+
+def _git_commit(source: Path) -> str | None:
+    if not any((folder / ".git").exists() for folder in (source, *source.parents)):
+        return None
+    code, out = capture(["git", "-C", str(source), "rev-parse", "HEAD"], timeout=10)
+    return out.strip() if code == 0 else None
+
+
+def _copy_read_only(source: Path, target: Path) -> Path:
+    """A copy of the checkpoint folder, made read-only, so the new run cannot spoil it."""
+    shutil.copytree(source, target, symlinks=False)
+    for folder, _dirs, files in os.walk(target):
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o444)
+        os.chmod(folder, 0o555)
+    return target
+
+
+def _remove(path: Path) -> None:
+    """Remove a half-made run folder, read-only resume copy included."""
+
+    def make_writable(func, failed, *_):  # type: ignore[no-untyped-def]
+        os.chmod(os.path.dirname(failed), stat.S_IRWXU)
+        func(failed)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=make_writable)
+    else:
+        shutil.rmtree(path, onerror=make_writable)

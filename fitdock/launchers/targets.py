@@ -1,0 +1,37 @@
+"""Compute targets by name. An unknown name is an error that lists the known ones."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Protocol
+
+from fitdock.errors import NotAvailableError, SpecError
+from fitdock.estimators.spec import JobSpec
+from fitdock.launchers.plan import LaunchPlan
+from fitdock.runs.store import RunDir
+
+TARGETS = {"local": "fitdock.launchers.local"}
+PLANNED = ("docker", "hosts", "slurm")
+
+
+class Target(Protocol):
+    NAME: str
+
+    def check(self, spec: JobSpec) -> None: ...
+
+    def plan(self, spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan: ...
+
+
+def get_target(name: str) -> Target:
+    module = TARGETS.get(name)
+    if module is not None:
+        return importlib.import_module(module)  # type: ignore[return-value]
+    if name in PLANNED:
+        raise NotAvailableError(
+            f"compute_target={name!r} is not available in this version of fitdock"
+        )
+    known = ", ".join(sorted(TARGETS))
+    raise SpecError(
+        f"compute_target={name!r} is not a known target; known: {known}", field="compute_target"
+    )

@@ -1,0 +1,54 @@
+"""The variables every job gets, whatever the target: fitdock's own and the Azure ML /
+SageMaker names that users' scripts already read."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+from fitdock.estimators.spec import JobSpec
+from fitdock.runs.store import RunDir
+
+
+def gpu_count() -> int:
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def job_variables(
+    spec: JobSpec, run: RunDir, resume_dir: Path | None, hosts: list[str]
+) -> dict[str, str]:
+    env = dict(spec.environment.environment_variables)
+    env.update(
+        FITDOCK_RUN_ID=run.id,
+        FITDOCK_RUN_DIR=str(run.path),
+        FITDOCK_OUTPUT_DIR=str(run.outputs),
+        FITDOCK_LOG_DIR=str(run.logs),
+        FITDOCK_CHECKPOINT_DIR=str(run.checkpoints),
+        AZUREML_RUN_ID=run.id,
+        SM_MODEL_DIR=str(run.outputs / "model"),
+        SM_OUTPUT_DATA_DIR=str(run.outputs / "data"),
+        SM_HOSTS=json.dumps(hosts),
+        SM_CURRENT_HOST=hosts[0],
+        SM_NUM_GPUS=str(gpu_count() if spec.use_gpu else 0),
+        SM_NUM_CPUS=str(os.cpu_count() or 1),
+        PYTHONUNBUFFERED="1",
+    )
+    if resume_dir is not None:
+        env["FITDOCK_RESUME_DIR"] = str(resume_dir)
+    for name in spec.inputs:
+        view = str(run.inputs / name)
+        env[f"FITDOCK_INPUT_{name.upper()}"] = view
+        env[f"SM_CHANNEL_{name.upper()}"] = view
+    return env

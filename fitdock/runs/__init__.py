@@ -1,0 +1,1 @@
+"""Run records on disk, the in-script run context and the run status enum."""

@@ -1,0 +1,170 @@
+"""``Run``: a handle on one run's record, logs, metrics and files.
+
+``Run(run_id)`` opens a run of this machine's ``$FITDOCK_HOME``; ``fit()``
+returns one. Inside a training script, ``Run.get_context()`` gives the
+script's own view (``RunContext``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fitdock.errors import RunFailedError
+from fitdock.runs.context import RunContext
+from fitdock.runs.follow import LogFollower
+from fitdock.runs.status import RunStatus
+from fitdock.runs.store import RunDir, list_runs
+
+if TYPE_CHECKING:
+    from fitdock.launchers.supervisor import Supervisor
+
+POLL_SECONDS = 0.1
+
+
+class Run:
+    """A run on this machine."""
+
+    def __init__(
+        self, run_id: str, *, home: Path | None = None, supervisor: Supervisor | None = None
+    ) -> None:
+        self._dir = RunDir.find(run_id, home)
+        self._supervisor = supervisor
+
+    # ------------------------------------------------------------------ class API
+    @classmethod
+    def get_context(cls) -> RunContext:
+        """The current run, seen from inside a training script (offline outside fitdock)."""
+        return RunContext()
+
+    @classmethod
+    def list(cls, home: Path | None = None) -> list[Run]:
+        return [cls(d.id, home=home) for d in list_runs(home)]
+
+    # ------------------------------------------------------------------ record
+    @property
+    def id(self) -> str:
+        return self._dir.id
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The run record (``run.json``), checked for a lost supervisor."""
+        return self._dir.read_checked()
+
+    @property
+    def status(self) -> RunStatus:
+        return RunStatus(self.record["status"])
+
+    @property
+    def error(self) -> dict[str, Any] | None:
+        """Why the run did not complete: reason, message, and for a failed rank its
+        rank, host, exit code or signal and stderr tail."""
+        return self.record.get("error")
+
+    def get_details(self) -> dict[str, Any]:
+        return self.record
+
+    run_dir = property(lambda self: self._dir.path)
+    output_dir = property(lambda self: self._dir.outputs)
+    log_dir = property(lambda self: self._dir.logs)
+    checkpoint_dir = property(lambda self: self._dir.checkpoints)
+    snapshot_dir = property(lambda self: self._dir.snapshot)
+
+    # ------------------------------------------------------------------ waiting
+    def wait_for_completion(
+        self, show_output: bool = False, raise_on_error: bool = True
+    ) -> dict[str, Any]:
+        """Block until the run ends; with ``show_output`` print its logs, tagged by rank.
+        Like Azure, raises ``RunFailedError`` for a run that did not complete unless
+        ``raise_on_error=False``. Ctrl-C cancels a run this process supervises."""
+        follower = LogFollower(self._dir.logs) if show_output else None
+        try:
+            while not self._ended():
+                if follower is not None:
+                    follower.pump()
+        except KeyboardInterrupt:
+            if self._supervisor is not None:
+                self._supervisor.cancel()
+                self._supervisor.done.wait()
+            raise
+        finally:
+            if follower is not None:
+                follower.pump(final=True)
+        record = self.record
+        if raise_on_error and record["status"] != RunStatus.COMPLETED.value:
+            raise RunFailedError(self.id, RunStatus(record["status"]), record.get("error"))
+        return record
+
+    def _ended(self) -> bool:
+        if self._supervisor is not None:
+            return self._supervisor.done.wait(POLL_SECONDS)
+        if self.status.is_terminal:
+            return True
+        time.sleep(POLL_SECONDS)
+        return False
+
+    def cancel(self) -> None:
+        """Stop the run: SIGTERM to its processes, the grace period, then SIGKILL."""
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        elif not self.status.is_terminal:
+            self._dir.cancel_path.touch()
+
+    # ------------------------------------------------------------------ results
+    def get_metrics(
+        self, name: str | None = None, rank: int | None = None
+    ) -> dict[str, builtins.list[Any]]:
+        """Metric name -> values in logging order (all ranks, or one ``rank``)."""
+        metrics: dict[str, builtins.list[Any]] = {}
+        if not self._dir.metrics.is_file():
+            return metrics
+        for line in self._dir.metrics.read_text().splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            if (name is None or item["name"] == name) and (
+                rank is None or item.get("rank") == rank
+            ):
+                metrics.setdefault(item["name"], []).append(item["value"])
+        return metrics
+
+    def get_file_names(self) -> builtins.list[str]:
+        """Files of the run, relative to the run folder: outputs/, logs/, checkpoints/."""
+        names = []
+        for folder in (self._dir.outputs, self._dir.logs, self._dir.checkpoints):
+            names += [
+                p.relative_to(self._dir.path).as_posix() for p in folder.rglob("*") if p.is_file()
+            ]
+        return sorted(names)
+
+    def download_file(self, name: str, output_file_path: str | Path | None = None) -> Path:
+        """Copy one of ``get_file_names()`` to ``output_file_path`` (default: its name here)."""
+        if name not in self.get_file_names():
+            raise FileNotFoundError(f"run {self.id} has no file {name!r}; see get_file_names()")
+        target = Path(output_file_path or Path(name).name)
+        if target.is_dir():
+            target = target / Path(name).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(shutil.copyfile(self._dir.path / name, target))
+
+    def summary(self) -> str:
+        record = self.record
+        lines = [
+            f"run {self.id}: {record['status']}",
+            f"  ranks: {record.get('world_size')}  target: {record.get('target')}",
+            f"  started: {record.get('started_at')}  ended: {record.get('ended_at')}",
+        ]
+        for metric, values in self.get_metrics().items():
+            lines.append(f"  {metric}: {values[-1]} (last of {len(values)})")
+        error = record.get("error")
+        if error:
+            lines.append(f"  error: {error.get('message')}")
+        lines.append(f"  outputs: {self._dir.outputs}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"Run(id={self.id!r}, status={self.status.value})"
