@@ -5,6 +5,7 @@
 #   scripts/setup-venv.sh            # create/refresh .venv; fast no-op when up to date
 #   scripts/setup-venv.sh --force    # reinstall even when the stamp matches
 #   scripts/setup-venv.sh --recreate # delete .venv first
+#   scripts/setup-venv.sh --smoke    # then check Chainer/ChainerMN, 2 MPI ranks, torch CPU
 #
 # Environment knobs:
 #   PYTHON          interpreter that creates the venv (default: python3)
@@ -34,11 +35,13 @@ RECIPE_VERSION=1
 
 FORCE=0
 RECREATE=0
+SMOKE=0
 for arg in "$@"; do
     case $arg in
         --force) FORCE=1 ;;
         --recreate) RECREATE=1 ;;
-        -h | --help) sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --smoke) SMOKE=1 ;;
+        -h | --help) sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "setup-venv: unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -102,6 +105,17 @@ print(f"setup-venv: python {sys.version.split()[0]}; " + ", ".join(found))
 EOF
 }
 
+# Imports that need the pins, 2 MPI ranks with the venv's mpiexec, torch without CUDA.
+smoke_test() {
+    SETUPTOOLS_USE_DISTUTILS=stdlib "$VENV/bin/python" -W ignore \
+        -c 'import chainer, chainermn, mpi4py; print("smoke: chainer", chainer.__version__)'
+    "$VENV/bin/mpiexec" -n 2 "$VENV/bin/python" -c \
+        'from mpi4py import MPI; c = MPI.COMM_WORLD; print(f"smoke: rank {c.rank}/{c.size}")'
+    "$VENV/bin/python" -c \
+        'import torch; assert torch.version.cuda is None; print("smoke: torch", torch.__version__)'
+    step_done "smoke test"
+}
+
 if [[ $RECREATE == 1 && -d $VENV ]]; then
     rm -rf "$VENV"
 fi
@@ -116,6 +130,7 @@ fi
 KEY=$(install_key)
 if [[ $FORCE == 0 && -f $STAMP && $(cat "$STAMP") == "$KEY" ]]; then
     step_done "up to date (stamp ${KEY:0:12})"
+    [[ $SMOKE == 0 ]] || smoke_test
     exit 0
 fi
 rm -f "$STAMP"
@@ -126,7 +141,7 @@ step_done "upgrade pip"
 
 export PIP_CONSTRAINT=$RUNTIME_CONSTRAINTS
 export PIP_BUILD_CONSTRAINT=$BUILD_CONSTRAINTS
-"$VENV/bin/python" -m pip install --progress-bar off -e "$ROOT[$EXTRAS]"
+"$VENV/bin/python" -m pip install --progress-bar off -e "${ROOT}[${EXTRAS}]"
 step_done "pip install -e .[$EXTRAS]"
 
 check_torch_cpu
@@ -135,5 +150,6 @@ print_versions
 step_done "check"
 
 echo "$KEY" >"$STAMP"
+[[ $SMOKE == 0 ]] || smoke_test
 echo "setup-venv: done. Chainer needs SETUPTOOLS_USE_DISTUTILS=stdlib at run time;" \
     "MPI launcher: $VENV/bin/mpiexec"

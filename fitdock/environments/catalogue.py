@@ -1,6 +1,6 @@
 """The curated catalogue: framework x version x device -> Environment.
 
-Rows live in ``catalogue/curated.yml`` (package data). History rows record
+Rows live in ``curated.yml`` (package data). History rows record
 what Azure ML's curated images held and point at the current row that replaces
 them; looking one up gives the replacement and a ``FutureWarning``.
 """
@@ -102,5 +102,5 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=1)
 def load_catalogue() -> Catalogue:
-    text = resources.files("fitdock.environments").joinpath("catalogue/curated.yml").read_text()
+    text = resources.files("fitdock.environments").joinpath("curated.yml").read_text()
     return Catalogue.model_validate(yaml.safe_load(text))

@@ -40,7 +40,7 @@ def find_launcher(config: Mpi) -> MpiLauncher:
             raise LauncherNotFoundError(
                 f"Mpi(mpirun={config.mpirun!r}) is not an executable program"
             )
-        return _identify(os.path.realpath(path))
+        return _identify(path)
     beside = Path(sys.executable).parent
     for name in NAMES:
         if (beside / name).is_file() and os.access(beside / name, os.X_OK):

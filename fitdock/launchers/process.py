@@ -227,25 +227,26 @@ def _become_subreaper() -> None:
     libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
-def _reap_all(main: int) -> int | None:
-    """Reap every exited child; return the main child's status if it exited."""
-    status_of_main = None
+_EXITED: dict[int, int] = {}  # pid -> wait status of every child this reaper has reaped
+
+
+def _reap_all() -> None:
+    """Reap every exited child (orphans re-parented to us included), remembering statuses."""
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return status_of_main
+            return
         if pid == 0:
-            return status_of_main
-        if pid == main:
-            status_of_main = status
+            return
+        _EXITED[pid] = status
 
 
 def _stop_tree(me: int, grace: float) -> None:
     _send(descendants(me), signal.SIGTERM)
     end = time.monotonic() + grace
     while time.monotonic() < end:
-        _reap_all(-1)
+        _reap_all()
         if not descendants(me):
             return
         time.sleep(0.05)
@@ -259,7 +260,7 @@ def _kill_all(me: int) -> None:
             return
         _send(left, signal.SIGKILL)
         time.sleep(0.02)
-        _reap_all(-1)
+        _reap_all()
 
 
 def reap_main(argv: list[str]) -> int:
@@ -288,9 +289,9 @@ def reap_main(argv: list[str]) -> int:
             *lines, pending = pending.split(b"\n")
             for line in lines:
                 _obey(me, main, int(line))
-        status = _reap_all(main)
-        if status is not None:
-            return _finish(me, exit_status(status))
+        _reap_all()
+        if main in _EXITED:
+            return _finish(me, exit_status(_EXITED[main]))
 
 
 def _obey(me: int, main: int, signum: int) -> None:

@@ -1,0 +1,52 @@
+"""The shipped examples, run through fitdock for real."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fitdock import Chainer, Mpi, RunStatus
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def chainer_fit(epochs: int, ranks: int, **kwargs: object):  # type: ignore[no-untyped-def]
+    extra = {"distributed_training": Mpi()} if ranks > 1 else {}
+    return Chainer(
+        source_directory=EXAMPLES / "chainer_mnist",
+        entry_script="train.py",
+        script_params={"--epochs": epochs},
+        process_count_per_node=ranks,
+        user_managed=True,
+        max_run_duration_seconds=300,
+        **extra,
+        **kwargs,
+    ).fit()
+
+
+@pytest.mark.chainer
+@pytest.mark.mpi
+def test_chainer_example_on_two_ranks_averages_gradients() -> None:
+    run = chainer_fit(epochs=2, ranks=2)
+    assert run.status is RunStatus.COMPLETED, run.error
+    hashes = [(run.output_dir / f"params_rank{r}.sha256").read_text().strip() for r in (0, 1)]
+    assert hashes[0] == hashes[1]  # every rank ends with the same parameters
+    assert len(run.get_metrics()["loss"]) == 2
+    final = json.loads((run.output_dir / "final.json").read_text())
+    assert final["params_sha256"] == hashes[0]
+    assert any(name.startswith("checkpoints/snapshot_epoch_") for name in run.get_file_names())
+
+
+@pytest.mark.chainer
+@pytest.mark.mpi
+def test_chainer_example_resumed_ends_where_an_uninterrupted_run_ends() -> None:
+    whole = chainer_fit(epochs=3, ranks=2)
+    first = chainer_fit(epochs=1, ranks=2)
+    resumed = chainer_fit(epochs=3, ranks=2, resume_from=first)
+    for run in (whole, first, resumed):
+        assert run.status is RunStatus.COMPLETED, run.error
+    final = [json.loads((r.output_dir / "final.json").read_text()) for r in (whole, resumed)]
+    assert final[0]["params_sha256"] == final[1]["params_sha256"]
+    assert len(resumed.get_metrics()["loss"]) == 2  # epochs 2 and 3 only
