@@ -14,6 +14,7 @@ from fitdock.errors import SpecError
 from fitdock.estimators.distribution import Mpi
 
 _INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VAR_NAME = _INPUT_NAME
 
 # Deprecated Azure names -> their replacements.
 DEPRECATED = {
@@ -99,9 +100,18 @@ class EstimatorArgs(BaseModel):
     @field_validator("environment_variables", mode="before")
     @classmethod
     def _vars_text(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {str(key): str(val) for key, val in value.items()}
-        return value
+        if not isinstance(value, dict):
+            return value
+        for key, val in value.items():
+            if not isinstance(key, str) or not _VAR_NAME.match(key):
+                raise ValueError(
+                    f"{key!r} is not a variable name (letters, digits, _; no digit first)"
+                )
+            if "\0" in str(val):
+                raise ValueError(
+                    f"the value of {key} holds a NUL byte, which no process can receive"
+                )
+        return {key: str(val) for key, val in value.items()}
 
 
 def validate_args(owner: str, raw: dict[str, Any]) -> EstimatorArgs:

@@ -8,7 +8,6 @@ the reaper stops the job and the lock tells later readers the run was lost.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import threading
 import time
@@ -17,6 +16,7 @@ from typing import Any
 from fitdock.estimators.spec import JobSpec
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.launchers.process import JobProcess
+from fitdock.launchers.variables import base_environment
 from fitdock.runs.follow import tail
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir, SupervisorLock, now_iso
@@ -73,7 +73,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ loop
     def _supervise(self) -> tuple[int, RunStatus | None]:
-        env = {**os.environ, **self.plan.env}
+        env = {**base_environment(), **self.plan.env}
         job = JobProcess(
             self.plan.argv, env=env, cwd=self.plan.cwd, log_path=self.run_dir.logs / "launcher.log"
         )
@@ -87,9 +87,10 @@ class Supervisor:
         killed = False
         try:
             while True:
+                wake = deadline if reason is None else (None if killed else kill_at)
                 timeout = POLL_SECONDS
-                if deadline is not None and reason is None:
-                    timeout = max(0.0, min(timeout, deadline - time.monotonic()))
+                if wake is not None:
+                    timeout = max(0.0, min(timeout, wake - time.monotonic()))
                 code = job.wait(timeout)
                 if code is not None:
                     return code, reason
@@ -141,6 +142,13 @@ class Supervisor:
             limit = self.spec.max_run_duration_seconds
             return {"reason": "timeout", "message": f"exceeded max_run_duration_seconds={limit:g}"}
         failure = first_failure(exits)
+        missing = [rank for rank in range(self.plan.world_size) if rank not in exits]
+        if failure is None and code == 0 and missing:
+            return {
+                "reason": "rank_unreported",
+                "ranks": missing,
+                "message": f"rank(s) {missing} ended without reporting an exit status",
+            }
         if failure is None:
             launcher_tail = tail(self.run_dir.logs / "launcher.log")
             return {

@@ -26,6 +26,41 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# Inherited variables that describe the *caller's* run or MPI rank: a job started from inside
+# another job (a sweep driver, say) or from an MPI rank must not see them.
+_INHERITED_PREFIXES = (
+    "FITDOCK_",
+    "AZUREML_",
+    "SM_",
+    "OMPI_",
+    "PMI_",
+    "PMIX_",
+    "HYDRA_",
+    "MPI_LOCAL",
+)
+_INHERITED_NAMES = {
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+}
+
+
+def base_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The caller's environment without the variables of an enclosing run or rank
+    (``FITDOCK_HOME`` stays: a nested run lands beside its parent)."""
+    source = os.environ if environ is None else environ
+    return {
+        key: value
+        for key, value in source.items()
+        if key == "FITDOCK_HOME"
+        or (not key.startswith(_INHERITED_PREFIXES) and key not in _INHERITED_NAMES)
+    }
+
+
 def job_variables(
     spec: JobSpec, run: RunDir, resume_dir: Path | None, hosts: list[str]
 ) -> dict[str, str]:

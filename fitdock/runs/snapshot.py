@@ -39,10 +39,13 @@ def _spec_for(folder: Path) -> pathspec.PathSpec | None:
 
 
 def _ignored(specs: list[tuple[Path, pathspec.PathSpec]], path: Path, is_dir: bool) -> bool:
-    for base, rules in specs:
+    """As git decides: the innermost ignore file with a matching line wins, so a ``!`` line
+    in a subfolder brings back a file that a folder above ignores."""
+    for base, rules in reversed(specs):
         rel = path.relative_to(base).as_posix() + ("/" if is_dir else "")
-        if rules.match_file(rel):
-            return True
+        verdict = rules.check_file(rel).include
+        if verdict is not None:
+            return verdict
     return False
 
 

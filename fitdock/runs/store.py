@@ -160,4 +160,11 @@ def list_runs(home: Path | None = None) -> list[RunDir]:
     if not root.is_dir():
         return []
     dirs = [RunDir(p) for p in root.iterdir() if (p / RECORD).is_file()]
-    return sorted(dirs, key=lambda d: d.record_path.stat().st_mtime)
+    return sorted(dirs, key=_created)
+
+
+def _created(run: RunDir) -> str:
+    try:
+        return str(run.read().get("created_at") or "")
+    except (OSError, ValueError):
+        return ""

@@ -1,0 +1,168 @@
+"""Shared fixtures and the marker rules.
+
+* Every test runs with ``FITDOCK_HOME`` set to its own ``tmp_path`` (autouse), so runs
+  never land in the real ``~/.fitdock``.
+* A test marked ``mpi``/``chainer``/``torch``/``docker``/``slurm`` is skipped, with the
+  reason, when that tool is missing here; with ``CI=true`` it fails instead, so CI
+  cannot go green by skipping. ``gpu`` tests skip without an NVIDIA GPU, even in CI.
+* ``--update-golden`` rewrites the files under ``tests/golden/`` instead of comparing
+  with them; without it a mismatch fails.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+# ---------------------------------------------------------------------------------------------
+# Options
+# ---------------------------------------------------------------------------------------------
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite tests/golden/* from the current output instead of comparing",
+    )
+
+
+@pytest.fixture
+def golden(request: pytest.FixtureRequest) -> Callable[[str, str], None]:
+    """``golden(name, text)``: compare ``text`` with ``tests/golden/<name>`` exactly."""
+    update = request.config.getoption("--update-golden")
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if update:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return
+        assert path.is_file(), f"{path} is missing; create it with `pytest --update-golden`"
+        assert text == path.read_text(), (
+            f"{path.name} differs from the golden file; if the change is intended, "
+            "regenerate it with `pytest --update-golden` and review the diff"
+        )
+
+    return check
+
+
+# ---------------------------------------------------------------------------------------------
+# FITDOCK_HOME per test
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def fitdock_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "fitdock-home"
+    monkeypatch.setenv("FITDOCK_HOME", str(home))
+    # Variables of an enclosing fitdock run (tests run inside a job) must not reach these.
+    for name in list(os.environ):
+        if name.startswith(("FITDOCK_", "AZUREML_", "SM_")) and name != "FITDOCK_HOME":
+            monkeypatch.delenv(name)
+    return home
+
+
+# ---------------------------------------------------------------------------------------------
+# Markers that need a tool
+# ---------------------------------------------------------------------------------------------
+def _quiet(argv: list[str], timeout: float = 60, env: dict[str, str] | None = None) -> bool:
+    try:
+        done = subprocess.run(
+            argv,
+            capture_output=True,
+            timeout=timeout,
+            check=False,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@functools.cache
+def _missing_mpi() -> str | None:
+    from fitdock.errors import FitdockError
+    from fitdock.estimators.distribution import Mpi
+    from fitdock.launchers.mpi import find_launcher
+
+    try:
+        find_launcher(Mpi())
+    except FitdockError as exc:
+        return f"no MPI launcher: {exc}"
+    return None
+
+
+@functools.cache
+def _missing_chainer() -> str | None:
+    env = {**os.environ, "SETUPTOOLS_USE_DISTUTILS": "stdlib"}
+    if _quiet([sys.executable, "-c", "import chainer, chainermn"], env=env):
+        return None
+    return "chainer/chainermn cannot be imported by this interpreter"
+
+
+@functools.cache
+def _missing_torch() -> str | None:
+    if _quiet([sys.executable, "-c", "import torch"]):
+        return None
+    return "torch cannot be imported by this interpreter"
+
+
+@functools.cache
+def _missing_docker() -> str | None:
+    if shutil.which("docker") and _quiet(["docker", "info"], timeout=30):
+        return None
+    return "no working Docker engine (`docker info` failed)"
+
+
+@functools.cache
+def _missing_slurm() -> str | None:
+    if shutil.which("sinfo") and _quiet(["sinfo"], timeout=30):
+        return None
+    return "no Slurm cluster (`sinfo` failed)"
+
+
+@functools.cache
+def _missing_gpu() -> str | None:
+    gpus = Path("/proc/driver/nvidia/gpus")
+    if gpus.is_dir() and any(gpus.iterdir()):
+        return None
+    if shutil.which("nvidia-smi") and _quiet(["nvidia-smi", "-L"], timeout=30):
+        return None
+    return "no NVIDIA GPU"
+
+
+TOOLS: dict[str, Callable[[], str | None]] = {
+    "mpi": _missing_mpi,
+    "chainer": _missing_chainer,
+    "torch": _missing_torch,
+    "docker": _missing_docker,
+    "slurm": _missing_slurm,
+    "gpu": _missing_gpu,
+}
+ALWAYS_SKIP = {"gpu"}  # CI machines have no GPU: never turn these into failures
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers():
+        check = TOOLS.get(marker.name)
+        if check is None:
+            continue
+        reason = check()
+        if reason is None:
+            continue
+        if in_ci() and marker.name not in ALWAYS_SKIP:
+            pytest.fail(f"[{marker.name}] {reason}; CI=true, so this fails instead of skipping")
+        pytest.skip(f"[{marker.name}] {reason}")

@@ -1,0 +1,83 @@
+"""The marker rules of conftest.py, checked by running pytest on a tiny suite: a missing
+tool skips with its reason, fails with CI=true, and ``gpu`` always skips."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CONFTEST = Path(__file__).with_name("conftest.py")
+
+INNER_TESTS = """
+import pytest
+
+@pytest.mark.needs_nothing_here
+def test_tool():
+    pass
+
+@pytest.mark.gpu_like
+def test_gpu_like():
+    pass
+
+def test_plain():
+    pass
+"""
+
+# The real conftest, plus two tools that are never available (so that the result does not
+# depend on what this machine has installed).
+EXTRA = """
+TOOLS["needs_nothing_here"] = lambda: "the tool is never here"
+TOOLS["gpu_like"] = lambda: "no such device"
+ALWAYS_SKIP.add("gpu_like")
+"""
+
+INI = """[pytest]
+markers =
+    needs_nothing_here: a tool that is never available
+    gpu_like: like gpu, always skipped
+"""
+
+
+def run_inner(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text(CONFTEST.read_text() + EXTRA)
+    (suite / "test_inner.py").write_text(INNER_TESTS)
+    (suite / "pytest.ini").write_text(INI)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    if ci is not None:
+        env["CI"] = ci
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "--strict-markers"],
+        cwd=suite,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("ci", [None, "false"])
+def test_missing_tool_skips_with_its_reason(tmp_path: Path, ci: str | None) -> None:
+    done = run_inner(tmp_path, ci)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed, 2 skipped" in done.stdout
+    assert "[needs_nothing_here] the tool is never here" in done.stdout
+    assert "[gpu_like] no such device" in done.stdout
+
+
+def test_missing_tool_fails_in_ci_but_gpu_still_skips(tmp_path: Path) -> None:
+    done = run_inner(tmp_path, "true")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "CI=true, so this fails instead of skipping" in done.stdout
+    assert "1 passed, 1 skipped, 1 error" in done.stdout
+    assert "SKIPPED" in done.stdout and "[gpu_like] no such device" in done.stdout
+
+
+def test_update_golden_option_is_registered(pytestconfig: pytest.Config) -> None:
+    assert pytestconfig.getoption("--update-golden") in (True, False)
