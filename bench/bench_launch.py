@@ -5,85 +5,37 @@
 Everything is measured in one process, in one run, round-robin (one sample of each case
 per round, so drift hits every case alike); the medians of the rounds after a warm-up
 round are reported. See bench/README.md for what each line means.
+
+The (c) timeout-precision part is in bench/_timeout.py; the job scripts, the report and
+fit_within() are in bench/_common.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import importlib.util
 import json
 import os
 import platform
-import select
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from fitdock import Estimator, Run
+from _common import FIT_LIMIT_S, SCRIPTS, Report, fit_within, median_ms
+from _timeout import bench_timeout
 
 TARGET_ADDED_MS = 150.0
 TARGET_PEER_RATIO = 0.2
-TARGET_TIMEOUT_S = 0.5
-MAX_RUN_S = 1.0
-GRACE_S = 1.0
 WARMUP = 1
 PEER_POLL_S = 0.01  # the "polled" peer variants ask this often whether their job ended
 TORCHX_WAIT_S = 1.0  # the wait_interval `torchx run` itself passes to Runner.wait()
-FIT_LIMIT_S = 30.0  # a fit() still running after this is counted as hung, and left behind
-WATCH_LIMIT_S = 30.0  # give up on a (c) process that outlives this
-
-SLEEP_SCRIPT = """\
-import os, signal, sys, time
-{trap}
-pid_file = sys.argv[1]
-with open(pid_file + ".tmp", "w") as handle:
-    print(os.getpid(), os.getppid(), os.environ.get("FITDOCK_REAPER_PID", ""), file=handle)
-os.replace(pid_file + ".tmp", pid_file)
-while True:
-    time.sleep(3600)
-"""
-SCRIPTS = {
-    "noop.py": "",
-    "sleep_obey.py": SLEEP_SCRIPT.format(trap="# SIGTERM keeps its default action: exit"),
-    "sleep_trap.py": SLEEP_SCRIPT.format(trap="signal.signal(signal.SIGTERM, lambda *_: None)"),
-}
 
 Case = Callable[[], float]  # runs one job, returns its wall time in seconds
-
-
-# ---------------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class Report:
-    data: dict[str, Any] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-
-    def emit(self, text: str) -> None:
-        print(text, flush=True)
-        self.data.setdefault("lines", []).append(text)
-
-    def verdict(self, key: str, value: float, target: float) -> str:
-        ok = value <= target
-        self.data.setdefault("checks", {})[key] = {"value": value, "target": target, "ok": ok}
-        return "OK" if ok else "MISS"
-
-    def warn(self, text: str) -> None:
-        self.warnings.append(text)
-
-
-def median_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1000.0
 
 
 def installed(module: str) -> bool:
@@ -111,38 +63,6 @@ def python_case(work: Path) -> Case:
         return time.perf_counter() - start
 
     return run
-
-
-@dataclass
-class Fitted:
-    """One fit(): the run (None if fit() hung) and perf_counter() before and after it."""
-
-    run: Run | None
-    start: float
-    end: float
-
-
-def fit_within(estimator: Estimator, limit: float, report: Report) -> Fitted:
-    """fit() in a daemon thread, so that a job that never ends cannot hang the benchmark."""
-    box: dict[str, Any] = {}
-
-    def call() -> None:
-        try:
-            box["run"] = estimator.fit()
-        except BaseException as exc:  # re-raised below, in the benchmark's thread
-            box["error"] = exc
-        box["end"] = time.perf_counter()
-
-    thread = threading.Thread(target=call, name="bench-fit", daemon=True)
-    start = time.perf_counter()
-    thread.start()
-    thread.join(limit)
-    if "error" in box:
-        raise box["error"]
-    if thread.is_alive():
-        report.warn(f"{estimator!r}: fit() still running after {limit:g} s; counted as {limit:g} s")
-        return Fitted(None, start, start + limit)
-    return Fitted(box["run"], start, box["end"])
 
 
 def fitdock_case(work: Path, report: Report, ranks: int) -> Case:
@@ -335,120 +255,6 @@ def bench_launch(work: Path, scratch: Path, report: Report, repeat: int) -> None
     report_peers(report, ms, suffix="_polled", judged=False)
     report_mpi(report, ms)
     report_cold(report, import_s, cold)
-
-
-# ---------------------------------------------------------------------------------------------
-# (c): timeout precision
-# ---------------------------------------------------------------------------------------------
-class ExitWatcher:
-    """In a thread: wait for the pid file a sleep script writes (its pid, its rank wrapper's,
-    the reaper's) and stamp, with perf_counter(), the moment each of those processes exits."""
-
-    def __init__(self, pid_file: Path) -> None:
-        self.pid_file = pid_file
-        self.exits: dict[int, float] = {}
-        self.pending = 0
-        self._thread = threading.Thread(target=self._watch, name="bench-watch", daemon=True)
-        self._thread.start()
-
-    def _read_pids(self) -> list[int]:
-        end = time.monotonic() + WATCH_LIMIT_S
-        while time.monotonic() < end:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                return [int(word) for word in self.pid_file.read_text().split()]
-            time.sleep(0.002)
-        return []
-
-    def _watch(self) -> None:
-        fds: dict[int, int] = {}
-        for pid in self._read_pids():
-            try:
-                fds[os.pidfd_open(pid)] = pid
-            except ProcessLookupError:
-                self.exits[pid] = time.perf_counter()
-        while fds:
-            ready, _, _ = select.select(list(fds), [], [], WATCH_LIMIT_S)
-            if not ready:
-                break
-            now = time.perf_counter()
-            for fd in ready:
-                self.exits[fds.pop(fd)] = now
-                os.close(fd)
-        self.pending = len(fds)
-        for fd in fds:
-            os.close(fd)
-
-    def last_exit(self, timeout: float) -> float | None:
-        """When the last watched process exited; None if one is unaccounted for."""
-        self._thread.join(timeout)
-        if self._thread.is_alive() or self.pending or not self.exits:
-            return None
-        return max(self.exits.values())
-
-
-def timeout_run(work: Path, pid_dir: Path, script: str, report: Report) -> dict[str, float]:
-    """One timed-out run: seconds from the deadline (max_run after the call to fit()) to the
-    exit of the job's last process, and to fit()'s return."""
-    from fitdock import Estimator, RunStatus
-
-    pid_file = pid_dir / f"{Path(script).stem}-{time.monotonic_ns()}.pid"
-    estimator = Estimator(
-        work,
-        entry_script=script,
-        script_params=[str(pid_file)],
-        user_managed=True,
-        max_run_duration_seconds=MAX_RUN_S,
-        termination_grace_seconds=GRACE_S,
-    )
-    watcher = ExitWatcher(pid_file)
-    fitted = fit_within(estimator, FIT_LIMIT_S, report)
-    deadline = fitted.start + MAX_RUN_S
-    gone = watcher.last_exit(timeout=5.0)
-    if gone is None:
-        report.warn(f"(c) {script}: a job process outlived fit(); counted as gone when fit() ended")
-        gone = fitted.end
-    result = {"gone_s": gone - deadline, "fit_returned_s": fitted.end - deadline}
-    run = fitted.run
-    if run is not None:
-        if run.status is not RunStatus.TIMED_OUT:
-            report.warn(f"(c) {script}: run {run.id} ended {run.status}, not TimedOut")
-        result["gone_after_record_deadline_s"] = gone - record_deadline(run)
-    return result
-
-
-def record_deadline(run: Run) -> float:
-    """The deadline by the run record: ``started_at`` + max_run, on the perf_counter() clock."""
-    started = dt.datetime.fromisoformat(run.record["started_at"]).timestamp()
-    return started + MAX_RUN_S - (time.time() - time.perf_counter())
-
-
-def report_timeout(report: Report, label: str, runs: list[dict[str, float]]) -> None:
-    keys = sorted({key for run in runs for key in run})
-    median = {key: statistics.median(r[key] for r in runs if key in r) for key in keys}
-    report.data.setdefault("timeout", {})[label] = {"median": median, "runs": runs}
-    gone = median["gone_s"]
-    minus = gone - GRACE_S
-    if label == "obeyed":  # ended by the SIGTERM: no grace to subtract, judge the raw delay
-        verdict = report.verdict("c_obeyed_gone_s", gone, TARGET_TIMEOUT_S)
-        target = f"target: gone <= {TARGET_TIMEOUT_S} s after the deadline, no grace needed"
-    else:
-        verdict = report.verdict("c_trapped_minus_grace_s", minus, TARGET_TIMEOUT_S)
-        target = f"target <= {TARGET_TIMEOUT_S} s"
-    report.emit(
-        f"bench (c) timeout, SIGTERM {label}: deadline -> last process gone {gone:.3f} s, "
-        f"minus grace {minus:.3f} s, fit() returned at {median['fit_returned_s']:.3f} s "
-        f"({target}) {verdict}"
-    )
-
-
-def bench_timeout(work: Path, pid_dir: Path, report: Report, repeat: int) -> None:
-    pid_dir.mkdir()
-    runs: dict[str, list[dict[str, float]]] = {"obeyed": [], "trapped": []}
-    for _ in range(repeat):
-        runs["obeyed"].append(timeout_run(work, pid_dir, "sleep_obey.py", report))
-        runs["trapped"].append(timeout_run(work, pid_dir, "sleep_trap.py", report))
-    for label, results in runs.items():
-        report_timeout(report, label, results)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fitdock import Chainer, Mpi, RunStatus
+from fitdock import Chainer, Mpi, PyTorch, RunStatus
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -50,3 +50,29 @@ def test_chainer_example_resumed_ends_where_an_uninterrupted_run_ends() -> None:
     final = [json.loads((r.output_dir / "final.json").read_text()) for r in (whole, resumed)]
     assert final[0]["params_sha256"] == final[1]["params_sha256"]
     assert len(resumed.get_metrics()["loss"]) == 2  # epochs 2 and 3 only
+
+
+@pytest.mark.torch
+@pytest.mark.mpi
+def test_pytorch_example_ddp_over_mpi_ranks_then_resume() -> None:
+    def fit(epochs: int, **kwargs: object):  # type: ignore[no-untyped-def]
+        return PyTorch(
+            source_directory=EXAMPLES / "pytorch_cpu",
+            entry_script="train.py",
+            script_params={"--epochs": epochs},
+            process_count_per_node=2,
+            distributed_training=Mpi(),
+            user_managed=True,
+            max_run_duration_seconds=300,
+            **kwargs,
+        ).fit()
+
+    whole = fit(2)
+    assert whole.status is RunStatus.COMPLETED, whole.error
+    hashes = {(whole.output_dir / f"params_rank{r}.sha256").read_text() for r in (0, 1)}
+    assert len(hashes) == 1  # DDP kept the two ranks' parameters identical
+    first = fit(1)
+    resumed = fit(2, resume_from=first.id)
+    assert resumed.status is RunStatus.COMPLETED, resumed.error
+    final = [json.loads((r.output_dir / "final.json").read_text()) for r in (whole, resumed)]
+    assert final[0]["params_sha256"] == final[1]["params_sha256"]

@@ -166,6 +166,8 @@ class EpochMetrics(training.Extension):
         if self.ctx.rank == 0:
             for key in keys:
                 self.ctx.log(key, self.last[key], step=trainer.updater.epoch)
+            shown = "  ".join(f"{key} {self.last[key]:.4f}" for key in keys)
+            print(f"epoch {trainer.updater.epoch}: {shown}", flush=True)
 
     def serialize(self, serializer: Any) -> None:
         self.summary.serialize(serializer["summary"])
@@ -345,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.rank == 0:
             print(f"resumed from {snapshot} at epoch {trainer.updater.epoch}", flush=True)
     signal.signal(signal.SIGTERM, stop.handle_sigterm)
+    shard = len(trainer.updater.get_iterator("main").dataset)
+    print(f"rank {ctx.rank} of {ctx.world_size}: {shard} training samples", flush=True)
     trainer.run(show_loop_exception_msg=False)
     if stop.stopped_by_signal:
         if ctx.rank == 0:

@@ -224,6 +224,7 @@ def run_training(args: argparse.Namespace, ctx: Any, distributed: bool) -> int:
         if ctx.rank == 0:
             ctx.log("loss", loss, step=epoch)
             ctx.log("accuracy", accuracy, step=epoch)
+            print(f"epoch {epoch}: loss {loss:.4f}  accuracy {accuracy:.4f}", flush=True)
             state = {
                 "epoch": epoch,
                 "metrics": last,
