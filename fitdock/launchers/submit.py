@@ -80,6 +80,8 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
     thread = threading.Thread(target=supervisor.run, name=f"fitdock-{run.id}")
     handle = Run(run.id, supervisor=supervisor)
     thread.start()
+    if show_output:
+        print(f"fitdock: run {run.id}: snapshot of {spec.source_directory}: {summary}", flush=True)
     if wait:
         handle.wait_for_completion(show_output=show_output, raise_on_error=False)
     return handle

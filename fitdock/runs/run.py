@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fitdock._units import human_size
 from fitdock.errors import RunFailedError
 from fitdock.runs.context import RunContext
 from fitdock.runs.follow import LogFollower
@@ -156,6 +157,7 @@ class Run:
         lines = [
             f"run {self.id}: {record['status']}",
             f"  ranks: {record.get('world_size')}  target: {record.get('target')}",
+            f"  snapshot: {_snapshot_text(record.get('source') or {})}",
             f"  started: {record.get('started_at')}  ended: {record.get('ended_at')}",
         ]
         for metric, values in self.get_metrics().items():
@@ -168,3 +170,11 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, status={self.status.value})"
+
+
+def _snapshot_text(source: dict[str, Any]) -> str:
+    files, size = source.get("files"), source.get("bytes")
+    if files is None or size is None:
+        return "-"
+    commit = source.get("git_commit")
+    return f"{files} files, {human_size(size)}" + (f", git {commit[:12]}" if commit else "")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pathspec
 
+from fitdock._units import human_size
 from fitdock.errors import SnapshotError
 
 IGNORE_FILES = (".gitignore", ".fitdockignore")
@@ -26,7 +27,7 @@ class SnapshotSummary:
     bytes: int
 
     def __str__(self) -> str:
-        return f"{self.files} files, {self.bytes / 1e6:.1f} MB"
+        return f"{self.files} files, {human_size(self.bytes)}"
 
 
 def _spec_for(folder: Path) -> pathspec.PathSpec | None:
