@@ -59,6 +59,8 @@ def _add_run(sub: Any) -> None:
     run.add_argument(
         "--grace", type=float, metavar="SECONDS", help="termination_grace_seconds (30)"
     )
+    run.add_argument("--hang-timeout", type=float, metavar="SECONDS", help="stop a silent job")
+    run.add_argument("--max-restarts", type=int, metavar="N", help="restart after a failure (0)")
     run.add_argument("--target", help="compute target (default: local)")
     run.add_argument(
         "--user-managed", action="store_true", default=None, help="use this interpreter as is"
@@ -132,6 +134,8 @@ def _job_arguments(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         "node_count": ns.node_count,
         "max_run_duration_seconds": ns.max_run,
         "termination_grace_seconds": ns.grace,
+        "hang_timeout_seconds": ns.hang_timeout,
+        "max_restarts": ns.max_restarts,
         "compute_target": ns.target,
         "user_managed": ns.user_managed,
         "use_gpu": ns.use_gpu,

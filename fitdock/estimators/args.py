@@ -61,6 +61,8 @@ class EstimatorArgs(BaseModel):
     resume_from: str | None = None
     max_run_duration_seconds: float | None = Field(default=None, gt=0)
     termination_grace_seconds: float = Field(default=30.0, ge=0)
+    hang_timeout_seconds: float | None = Field(default=None, gt=0)
+    max_restarts: int = Field(default=0, ge=0)
     framework_version: str | None = None
     max_snapshot_size_mb: float = Field(default=300, gt=0)
     max_snapshot_files: int = Field(default=2000, ge=1)

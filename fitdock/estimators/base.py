@@ -70,6 +70,8 @@ class Estimator:
         max_run_duration_seconds: float | None = None,
         framework_version: str | None = None,
         termination_grace_seconds: float = 30.0,
+        hang_timeout_seconds: float | None = None,
+        max_restarts: int = 0,
         max_snapshot_size_mb: float = 300,
         max_snapshot_files: int = 2000,
         experiment_name: str | None = None,
@@ -131,6 +133,8 @@ class Estimator:
             resume_from=args.resume_from,
             max_run_duration_seconds=args.max_run_duration_seconds,
             termination_grace_seconds=args.termination_grace_seconds,
+            hang_timeout_seconds=args.hang_timeout_seconds,
+            max_restarts=args.max_restarts,
             snapshot=SnapshotLimits(
                 max_size_mb=args.max_snapshot_size_mb, max_files=args.max_snapshot_files
             ),

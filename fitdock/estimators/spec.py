@@ -81,6 +81,8 @@ class JobSpec(BaseModel):
     resume_from: str | None = None
     max_run_duration_seconds: float | None = Field(default=None, gt=0)
     termination_grace_seconds: float = Field(default=30.0, ge=0)
+    hang_timeout_seconds: float | None = Field(default=None, gt=0)
+    max_restarts: int = Field(default=0, ge=0)
     snapshot: SnapshotLimits = Field(default_factory=SnapshotLimits)
 
     @property

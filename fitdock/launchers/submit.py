@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import os
-import shutil
 import socket
-import stat
-import sys
 import threading
 from pathlib import Path
 
@@ -20,7 +17,16 @@ from fitdock.launchers.targets import get_target
 from fitdock.runs.run import Run
 from fitdock.runs.snapshot import snapshot
 from fitdock.runs.status import RunStatus
-from fitdock.runs.store import RECORD, RunDir, SupervisorLock, new_run_id, now_iso, runs_root
+from fitdock.runs.store import (
+    RECORD,
+    RunDir,
+    SupervisorLock,
+    copy_read_only,
+    new_run_id,
+    now_iso,
+    remove_tree,
+    runs_root,
+)
 
 
 def resolve_resume(resume_from: str | None) -> Path | None:
@@ -69,14 +75,16 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
             folder.mkdir(parents=True, exist_ok=True)
         for name, path in spec.inputs.items():
             (run.inputs / name).symlink_to(path)
-        resume_dir = _copy_read_only(source, run.resume) if source else None
+        resume_dir = copy_read_only(source, run.resume) if source else None
         plan = target.plan(spec, run, resume_dir)
         run.write(_initial_record(spec, run, plan, summary, source, resume_dir))
     except BaseException:
         lock.release()
-        _remove(run.path)
+        remove_tree(run.path)
         raise
-    supervisor = Supervisor(run, plan, spec, lock)
+    supervisor = Supervisor(
+        run, spec, lock, plan, lambda resume: target.plan(spec, run, resume), resume_dir
+    )
     thread = threading.Thread(target=supervisor.run, name=f"fitdock-{run.id}")
     handle = Run(run.id, supervisor=supervisor)
     thread.start()
@@ -125,26 +133,3 @@ def _git_commit(source: Path) -> str | None:
         return None
     code, out = capture(["git", "-C", str(source), "rev-parse", "HEAD"], timeout=10)
     return out.strip() if code == 0 else None
-
-
-def _copy_read_only(source: Path, target: Path) -> Path:
-    """A copy of the checkpoint folder, made read-only, so the new run cannot spoil it."""
-    shutil.copytree(source, target, symlinks=False)
-    for folder, _dirs, files in os.walk(target):
-        for name in files:
-            os.chmod(os.path.join(folder, name), 0o444)
-        os.chmod(folder, 0o555)
-    return target
-
-
-def _remove(path: Path) -> None:
-    """Remove a half-made run folder, read-only resume copy included."""
-
-    def make_writable(func, failed, *_):  # type: ignore[no-untyped-def]
-        os.chmod(os.path.dirname(failed), stat.S_IRWXU)
-        func(failed)
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=make_writable)
-    else:
-        shutil.rmtree(path, onerror=make_writable)

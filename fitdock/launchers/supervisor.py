@@ -1,52 +1,55 @@
-"""Supervise one launched job: deadline, cancel, fail-fast, and the final record.
+"""Supervise a launched job: deadline, cancel, fail-fast, hang watchdog, restarts, record.
 
 The supervisor runs in the process that called ``fit()`` (a thread of it). It
 holds the run's ``supervisor.lock`` while the job lives; if that process dies,
 the reaper stops the job and the lock tells later readers the run was lost.
+
+A job runs as one or more *attempts*. After each, ``policy.decide`` says whether
+to start another (``max_restarts``); the next attempt resumes from the run's own
+latest checkpoint, and the logs of the earlier one move to ``logs/attempt-<n>/``.
 """
 
 from __future__ import annotations
 
-import json
+import os
+import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fitdock.estimators.spec import JobSpec
+from fitdock.launchers.outcome import AttemptResult, first_failure, judge, read_rank_exits
 from fitdock.launchers.plan import LaunchPlan
+from fitdock.launchers.policy import Decision, Outcome, decide
 from fitdock.launchers.process import JobProcess
 from fitdock.launchers.variables import base_environment
-from fitdock.runs.follow import tail
 from fitdock.runs.status import RunStatus
-from fitdock.runs.store import RunDir, SupervisorLock, now_iso
+from fitdock.runs.store import RunDir, SupervisorLock, copy_read_only, now_iso, remove_tree
 
 POLL_SECONDS = 0.1
 FAIL_FAST_GRACE = 2.0  # SIGTERM -> SIGKILL for the other ranks when one rank failed
-
-
-def read_rank_exits(run: RunDir) -> dict[int, dict[str, Any]]:
-    exits: dict[int, dict[str, Any]] = {}
-    for path in run.logs.glob("rank_*.exit.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        exits[int(record["rank"])] = record
-    return exits
-
-
-def first_failure(exits: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
-    failed = [r for r in exits.values() if r["exit_code"] != 0]
-    return min(failed, key=lambda r: r["ended"]) if failed else None
+Replan = Callable[[Path | None], LaunchPlan]
 
 
 class Supervisor:
-    def __init__(self, run: RunDir, plan: LaunchPlan, spec: JobSpec, lock: SupervisorLock) -> None:
+    def __init__(
+        self,
+        run: RunDir,
+        spec: JobSpec,
+        lock: SupervisorLock,
+        plan: LaunchPlan,
+        replan: Replan,
+        resume_dir: Path | None,
+    ) -> None:
         self.run_dir = run
-        self.plan = plan
         self.spec = spec
         self.lock = lock
+        self.plan = plan
+        self.replan = replan
+        self.resume_dir = resume_dir
         self.cancel_requested = threading.Event()
         self.done = threading.Event()
 
@@ -55,8 +58,7 @@ class Supervisor:
 
     def run(self) -> None:
         try:
-            code, reason = self._supervise()
-            self._finish(code, reason)
+            self._attempts()
         except BaseException as exc:
             self.run_dir.update(
                 status=RunStatus.FAILED.value,
@@ -71,107 +73,135 @@ class Supervisor:
             self.lock.release()
             self.done.set()
 
-    # ------------------------------------------------------------------ loop
-    def _supervise(self) -> tuple[int, RunStatus | None]:
-        env = {**base_environment(), **self.plan.env}
+    # ------------------------------------------------------------------ attempts
+    def _attempts(self) -> None:
+        attempts: list[dict[str, Any]] = []
+        number = 1
+        while True:
+            started = now_iso()
+            result = self._attempt(number)
+            attempts.append(_attempt_record(number, started, result))
+            decision = decide(result.outcome, number, self.spec.max_restarts)
+            if decision is Decision.STOP:
+                self.run_dir.update(
+                    status=result.status.value,
+                    ended_at=now_iso(),
+                    exit_code=result.exit_code,
+                    ranks=result.ranks,
+                    error=result.error,
+                    attempts=attempts,
+                )
+                return
+            self.run_dir.update(attempts=attempts)
+            self._prepare_restart(number)
+            number += 1
+
+    def _prepare_restart(self, finished: int) -> None:
+        logs = self.run_dir.logs
+        archive = logs / f"attempt-{finished}"
+        archive.mkdir()
+        for path in list(logs.iterdir()):
+            if path.is_file():
+                shutil.move(str(path), archive / path.name)
+        checkpoints = self.run_dir.checkpoints
+        if checkpoints.is_dir() and any(checkpoints.iterdir()):
+            if self.run_dir.resume.exists():
+                remove_tree(self.run_dir.resume)
+            self.resume_dir = copy_read_only(checkpoints, self.run_dir.resume)
+        self.plan = self.replan(self.resume_dir)
+
+    def _attempt(self, number: int) -> AttemptResult:
+        plan = self.plan
+        env = {**base_environment(), **plan.env, "FITDOCK_ATTEMPT": str(number)}
         job = JobProcess(
-            self.plan.argv, env=env, cwd=self.plan.cwd, log_path=self.run_dir.logs / "launcher.log"
+            plan.argv, env=env, cwd=plan.cwd, log_path=self.run_dir.logs / "launcher.log"
         )
         self.run_dir.update(
-            status=RunStatus.RUNNING.value, started_at=now_iso(), reaper_pid=job.pid
+            status=RunStatus.RUNNING.value, started_at=now_iso(), reaper_pid=job.pid, attempt=number
         )
-        limit = self.spec.max_run_duration_seconds
-        deadline = time.monotonic() + limit if limit else None
-        reason: RunStatus | None = None
-        kill_at = 0.0
-        killed = False
         try:
-            while True:
-                wake = deadline if reason is None else (None if killed else kill_at)
-                timeout = POLL_SECONDS
-                if wake is not None:
-                    timeout = max(0.0, min(timeout, wake - time.monotonic()))
-                code = job.wait(timeout)
-                if code is not None:
-                    return code, reason
-                now = time.monotonic()
-                if reason is None:
-                    reason, grace = self._stop_reason(now, deadline)
-                    if reason is not None:
-                        job.signal(signal.SIGTERM)
-                        kill_at = now + grace
-                elif not killed and now >= kill_at:
-                    job.signal(signal.SIGKILL)
-                    killed = True
+            code, stopped, detail = self._watch(job)
         finally:
             job.close()
+        return judge(self.run_dir.logs, plan.world_size, code, stopped, detail)
 
-    def _stop_reason(self, now: float, deadline: float | None) -> tuple[RunStatus | None, float]:
+    # ------------------------------------------------------------------ one attempt
+    def _watch(self, job: JobProcess) -> tuple[int, Outcome | None, str]:
+        started = time.monotonic()
+        started_wall = time.time()
+        limit = self.spec.max_run_duration_seconds
+        deadline = started + limit if limit else None
+        stopped: Outcome | None = None
+        detail = ""
+        kill_at = 0.0
+        killed = False
+        while True:
+            wake = deadline if stopped is None else (None if killed else kill_at)
+            timeout = (
+                POLL_SECONDS
+                if wake is None
+                else max(0.0, min(POLL_SECONDS, wake - time.monotonic()))
+            )
+            code = job.wait(timeout)
+            if code is not None:
+                return code, stopped, detail
+            now = time.monotonic()
+            if stopped is None:
+                stopped, detail, grace = self._stop_reason(now, started_wall, deadline)
+                if stopped is not None:
+                    job.signal(signal.SIGTERM)
+                    kill_at = now + grace
+            elif not killed and now >= kill_at:
+                job.signal(signal.SIGKILL)
+                killed = True
+
+    def _stop_reason(
+        self, now: float, started_wall: float, deadline: float | None
+    ) -> tuple[Outcome | None, str, float]:
         grace = self.spec.termination_grace_seconds
         if self.cancel_requested.is_set() or self.run_dir.cancel_path.exists():
-            return RunStatus.CANCELED, grace
+            return Outcome.CANCELED, "", grace
         if deadline is not None and now >= deadline:
-            return RunStatus.TIMED_OUT, grace
-        if first_failure(read_rank_exits(self.run_dir)) is not None:
-            return RunStatus.FAILED, FAIL_FAST_GRACE
-        return None, 0.0
+            limit = self.spec.max_run_duration_seconds or 0
+            return Outcome.TIMED_OUT, f"exceeded max_run_duration_seconds={limit:g}", grace
+        if first_failure(read_rank_exits(self.run_dir.logs)) is not None:
+            return Outcome.RANK_FAILED, "", FAIL_FAST_GRACE
+        hang = self.spec.hang_timeout_seconds
+        if hang is not None:
+            quiet = time.time() - self._last_activity(started_wall)
+            if quiet > hang:
+                message = (
+                    f"hung: no output, heartbeat or metric for {quiet:.1f} s "
+                    f"(hang_timeout_seconds={hang:g})"
+                )
+                return Outcome.HUNG, message, FAIL_FAST_GRACE
+        return None, "", 0.0
 
-    # ------------------------------------------------------------------ record
-    def _finish(self, code: int, reason: RunStatus | None) -> None:
-        exits = read_rank_exits(self.run_dir)
-        ranks = {str(rank): exits.get(rank) for rank in range(self.plan.world_size)}
-        status = reason
-        if status is None:
-            all_ok = code == 0 and all(
-                r is not None and r["exit_code"] == 0 for r in ranks.values()
-            )
-            status = RunStatus.COMPLETED if all_ok else RunStatus.FAILED
-        error = self._error(status, code, exits)
-        self.run_dir.update(
-            status=status.value, ended_at=now_iso(), exit_code=code, ranks=ranks, error=error
-        )
+    def _last_activity(self, started_wall: float) -> float:
+        """The newest write to a rank log, the metrics or the heartbeat (wall clock)."""
+        newest = started_wall
+        candidates = [self.run_dir.metrics, self.run_dir.path / "heartbeat"]
+        with os.scandir(self.run_dir.logs) as entries:
+            candidates += [
+                Path(e.path)
+                for e in entries
+                if e.name.startswith("rank_") and e.name.endswith(".log")
+            ]
+        for path in candidates:
+            try:
+                newest = max(newest, path.stat().st_mtime)
+            except OSError:
+                continue
+        return newest
 
-    def _error(
-        self, status: RunStatus, code: int, exits: dict[int, dict[str, Any]]
-    ) -> dict[str, Any] | None:
-        if status is RunStatus.COMPLETED:
-            return None
-        if status is RunStatus.CANCELED:
-            return {"reason": "canceled", "message": "canceled by request"}
-        if status is RunStatus.TIMED_OUT:
-            limit = self.spec.max_run_duration_seconds
-            return {"reason": "timeout", "message": f"exceeded max_run_duration_seconds={limit:g}"}
-        failure = first_failure(exits)
-        missing = [rank for rank in range(self.plan.world_size) if rank not in exits]
-        if failure is None and code == 0 and missing:
-            return {
-                "reason": "rank_unreported",
-                "ranks": missing,
-                "message": f"rank(s) {missing} ended without reporting an exit status",
-            }
-        if failure is None:
-            launcher_tail = tail(self.run_dir.logs / "launcher.log")
-            return {
-                "reason": "launcher_failed",
-                "exit_code": code,
-                "stderr_tail": launcher_tail,
-                "message": f"the launcher exited with code {code}"
-                + (f": {launcher_tail.splitlines()[-1]}" if launcher_tail else ""),
-            }
-        rank = failure["rank"]
-        stderr_tail = tail(self.run_dir.logs / f"rank_{rank}.stderr.log")
-        how = (
-            f"signal {failure['signal']}"
-            if failure["signal"]
-            else f"exit code {failure['exit_code']}"
-        )
-        last = stderr_tail.splitlines()[-1] if stderr_tail else "(no stderr)"
-        return {
-            "reason": "rank_failed",
-            "rank": rank,
-            "host": failure["host"],
-            "exit_code": failure["exit_code"],
-            "signal": failure["signal"],
-            "stderr_tail": stderr_tail,
-            "message": f"rank {rank} on {failure['host']} failed with {how}: {last}",
-        }
+
+def _attempt_record(number: int, started: str, result: AttemptResult) -> dict[str, Any]:
+    return {
+        "attempt": number,
+        "status": result.status.value,
+        "outcome": result.outcome.value,
+        "started_at": started,
+        "ended_at": now_iso(),
+        "exit_code": result.exit_code,
+        "error": result.error,
+    }

@@ -19,6 +19,9 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -168,3 +171,26 @@ def _created(run: RunDir) -> str:
         return str(run.read().get("created_at") or "")
     except (OSError, ValueError):
         return ""
+
+
+def copy_read_only(source: Path, target: Path) -> Path:
+    """A copy of the checkpoint folder, made read-only, so the new run cannot spoil it."""
+    shutil.copytree(source, target, symlinks=False)
+    for folder, _dirs, files in os.walk(target):
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o444)
+        os.chmod(folder, 0o555)
+    return target
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a half-made run folder, read-only resume copy included."""
+
+    def make_writable(func, failed, *_):  # type: ignore[no-untyped-def]
+        os.chmod(os.path.dirname(failed), stat.S_IRWXU)
+        func(failed)
+
+    if sys.version_info >= (3, 12):
+        shutil.rmtree(path, onexc=make_writable)
+    else:
+        shutil.rmtree(path, onerror=make_writable)
