@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from fitdock.environments.spec import Environment
     from fitdock.errors import FitdockError
     from fitdock.estimators.base import Estimator
-    from fitdock.estimators.distribution import Mpi
+    from fitdock.estimators.distribution import Mpi, PyTorchConfiguration
     from fitdock.estimators.frameworks import Chainer, PyTorch
     from fitdock.runs.run import Run
     from fitdock.runs.status import RunStatus
@@ -32,6 +32,7 @@ _EXPORTS = {
     "Estimator": "fitdock.estimators.base",
     "FitdockError": "fitdock.errors",
     "Mpi": "fitdock.estimators.distribution",
+    "PyTorchConfiguration": "fitdock.estimators.distribution",
     "PyTorch": "fitdock.estimators.frameworks",
     "Run": "fitdock.runs.run",
     "RunStatus": "fitdock.runs.status",
@@ -44,6 +45,7 @@ __all__ = [
     "FitdockError",
     "Mpi",
     "PyTorch",
+    "PyTorchConfiguration",
     "Run",
     "RunStatus",
     "__version__",

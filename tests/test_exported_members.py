@@ -24,6 +24,7 @@ EXPECTED_ALL = [
     "FitdockError",
     "Mpi",
     "PyTorch",
+    "PyTorchConfiguration",
     "Run",
     "RunStatus",
     "__version__",

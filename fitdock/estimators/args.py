@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fitdock.environments.spec import Environment
 from fitdock.errors import SpecError
-from fitdock.estimators.distribution import Mpi
+from fitdock.estimators.distribution import Distribution, Mpi, PyTorchConfiguration
 
 _INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VAR_NAME = _INPUT_NAME
@@ -45,7 +45,7 @@ class EstimatorArgs(BaseModel):
     script_params: dict[str, Any] | list[Any] | None = None
     node_count: int = Field(default=1, ge=1)
     process_count_per_node: int = Field(default=1, ge=1)
-    distributed_training: Mpi | None = None
+    distributed_training: Distribution | None = None
     use_gpu: bool = False
     use_docker: bool | None = None
     custom_docker_image: str | None = None
@@ -199,31 +199,57 @@ def _check_combinations(owner: str, raw: dict[str, Any], args: EstimatorArgs) ->
                 + " or put them into the Environment",
                 field=clashes[0],
             )
-    mpi = args.distributed_training
-    given = raw.get("process_count_per_node")
-    if (
-        mpi is not None
-        and mpi.process_count_per_node not in (None, given)
-        and given not in (None, 1)
-    ):
+    _check_counts(owner, raw, args)
+    processes = node_count(args) * per_node(args)
+    if processes > 1 and args.distributed_training is None:
         raise SpecError(
-            f"{owner}: process_count_per_node={given} disagrees with "
-            f"Mpi(process_count_per_node={mpi.process_count_per_node}); give it once",
-            field="process_count_per_node",
-        )
-    processes = args.node_count * per_node(args)
-    if processes > 1 and mpi is None:
-        raise SpecError(
-            f"{owner}: node_count={args.node_count} x process_count_per_node={per_node(args)} is a "
-            "distributed job; pass distributed_training=Mpi()",
+            f"{owner}: node_count={node_count(args)} x process_count_per_node={per_node(args)} "
+            "is a distributed job; pass distributed_training=Mpi() or PyTorchConfiguration()",
             field="distributed_training",
         )
 
 
+def _check_counts(owner: str, raw: dict[str, Any], args: EstimatorArgs) -> None:
+    """Counts given both on the estimator and in the distribution must agree."""
+    config = args.distributed_training
+    given_ppn = raw.get("process_count_per_node")
+    given_nodes = raw.get("node_count")
+    mpi_ppn = config.process_count_per_node if isinstance(config, Mpi) else None
+    if mpi_ppn not in (None, given_ppn) and given_ppn not in (None, 1):
+        raise SpecError(
+            f"{owner}: process_count_per_node={given_ppn} disagrees with "
+            f"Mpi(process_count_per_node={mpi_ppn}); give it once",
+            field="process_count_per_node",
+        )
+    if isinstance(config, PyTorchConfiguration):
+        nodes = node_count(args)
+        if config.node_count not in (None, given_nodes) and given_nodes not in (None, 1):
+            raise SpecError(
+                f"{owner}: node_count={given_nodes} disagrees with "
+                f"PyTorchConfiguration(node_count={config.node_count}); give it once",
+                field="node_count",
+            )
+        if config.process_count is not None and config.process_count % nodes:
+            raise SpecError(
+                f"{owner}: PyTorchConfiguration(process_count={config.process_count}) does not "
+                f"split evenly over {nodes} nodes; use a multiple of {nodes}",
+                field="distributed_training",
+            )
+
+
+def node_count(args: EstimatorArgs) -> int:
+    config = args.distributed_training
+    if isinstance(config, PyTorchConfiguration) and config.node_count is not None:
+        return config.node_count
+    return args.node_count
+
+
 def per_node(args: EstimatorArgs) -> int:
-    mpi = args.distributed_training
-    if mpi is not None and mpi.process_count_per_node is not None:
-        return mpi.process_count_per_node
+    config = args.distributed_training
+    if isinstance(config, Mpi) and config.process_count_per_node is not None:
+        return config.process_count_per_node
+    if isinstance(config, PyTorchConfiguration) and config.process_count is not None:
+        return config.process_count // node_count(args)
     return args.process_count_per_node
 
 

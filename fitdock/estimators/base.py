@@ -15,8 +15,8 @@ from fitdock.environments.catalogue import Framework, load_catalogue
 from fitdock.environments.files import read_conda_file, read_requirements
 from fitdock.environments.spec import DockerSection, Environment
 from fitdock.errors import SpecError
-from fitdock.estimators.args import EstimatorArgs, per_node, validate_args
-from fitdock.estimators.distribution import Mpi
+from fitdock.estimators.args import EstimatorArgs, node_count, per_node, validate_args
+from fitdock.estimators.distribution import Mpi, PyTorchConfiguration
 from fitdock.estimators.spec import JobSpec, SnapshotLimits, script_params_to_argv
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class Estimator:
         node_count: int = 1,
         process_count_per_node: int = 1,
         distributed_backend: str | None = None,
-        distributed_training: Mpi | None = None,
+        distributed_training: Mpi | PyTorchConfiguration | None = None,
         use_gpu: bool = False,
         use_docker: bool | None = None,
         custom_docker_base_image: str | None = None,
@@ -122,7 +122,7 @@ class Estimator:
             source_directory=args.source_directory,
             entry_script=args.entry_script,
             arguments=tuple(self._argv),
-            node_count=args.node_count,
+            node_count=node_count(args),
             process_count_per_node=per_node(args),
             distribution=args.distributed_training,
             compute_target=args.compute_target,
@@ -213,7 +213,7 @@ class Estimator:
         args = self._args
         return (
             f"{type(self).__name__}(source_directory={str(args.source_directory)!r}, "
-            f"entry_script={args.entry_script!r}, processes={args.node_count * per_node(args)})"
+            f"entry_script={args.entry_script!r}, processes={node_count(args) * per_node(args)})"
         )
 
 

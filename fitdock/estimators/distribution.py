@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Mpi(BaseModel):
@@ -29,4 +29,28 @@ class Mpi(BaseModel):
         super().__init__(process_count_per_node=process_count_per_node, **data)
 
 
-Distribution = Mpi
+class PyTorchConfiguration(BaseModel):
+    """Start the job's ranks with ``torchrun`` (Azure ML's ``PyTorchConfiguration``).
+
+    ``process_count`` is the total number of processes and ``node_count`` the
+    number of nodes (``None``: take the estimator's ``node_count`` and
+    ``process_count_per_node``). torchrun sets ``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` (c10d rendezvous on the
+    first node); ``communication_backend`` reaches the script as
+    ``FITDOCK_DIST_BACKEND`` for ``torch.distributed.init_process_group``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["pytorch"] = "pytorch"
+    communication_backend: Literal["gloo", "nccl"] = "nccl"
+    process_count: int | None = Field(default=None, ge=1)
+    node_count: int | None = Field(default=None, ge=1)
+
+    @field_validator("communication_backend", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value  # Azure spells it "Nccl"
+
+
+Distribution = Annotated[Mpi | PyTorchConfiguration, Field(discriminator="kind")]

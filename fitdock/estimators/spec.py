@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from fitdock.environments.spec import Environment
-from fitdock.estimators.distribution import Mpi
+from fitdock.estimators.distribution import Distribution
 
 
 def script_params_to_argv(params: Mapping[str, Any] | Sequence[Any] | None) -> list[str]:
@@ -71,7 +71,7 @@ class JobSpec(BaseModel):
     arguments: tuple[str, ...] = ()
     node_count: int = Field(default=1, ge=1)
     process_count_per_node: int = Field(default=1, ge=1)
-    distribution: Mpi | None = None
+    distribution: Distribution | None = None
     compute_target: str = "local"
     use_docker: bool | None = None
     use_gpu: bool = False

@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 
 from fitdock.errors import NotAvailableError, SpecError
+from fitdock.estimators.distribution import Mpi, PyTorchConfiguration
 from fitdock.estimators.spec import JobSpec
 from fitdock.launchers import mpi
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.launchers.process import rank_wrapper_argv
+from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
 from fitdock.launchers.variables import free_port, job_variables
 from fitdock.runs.store import RunDir
 
@@ -64,14 +66,17 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
     wrapped = [*rank_wrapper_argv(python, run.logs), *command]
     env = job_variables(spec, run, resume_dir, hosts=[socket.gethostname()])
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    if spec.distribution is None:
-        argv = wrapped
-    else:
-        launcher = mpi.find_launcher(spec.distribution)
-        argv = mpi.mpi_argv(launcher, spec.distribution, spec.world_size, wrapped)
+    config = spec.distribution
+    if isinstance(config, Mpi):
+        launcher = mpi.find_launcher(config)
+        argv = mpi.mpi_argv(launcher, config, spec.world_size, wrapped)
         env.update(mpi.mpi_env(launcher))
         env["FITDOCK_MPI"] = f"{launcher.flavor.value} {launcher.version}".strip()
-    if spec.distribution is None:
+    elif isinstance(config, PyTorchConfiguration):
+        argv = torchrun_argv(python, config, 1, spec.process_count_per_node, wrapped, run_id=run.id)
+        env.update(torchrun_env(config))
+    else:
+        argv = wrapped
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     return LaunchPlan(
         target=NAME,
