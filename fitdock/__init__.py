@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from fitdock.environments.spec import Environment
     from fitdock.errors import FitdockError
     from fitdock.estimators.base import Estimator
+    from fitdock.estimators.compute import Hosts
     from fitdock.estimators.distribution import Mpi, PyTorchConfiguration
     from fitdock.estimators.frameworks import Chainer, PyTorch
     from fitdock.runs.run import Run
@@ -31,6 +32,7 @@ _EXPORTS = {
     "Environment": "fitdock.environments.spec",
     "Estimator": "fitdock.estimators.base",
     "FitdockError": "fitdock.errors",
+    "Hosts": "fitdock.estimators.compute",
     "Mpi": "fitdock.estimators.distribution",
     "PyTorchConfiguration": "fitdock.estimators.distribution",
     "PyTorch": "fitdock.estimators.frameworks",
@@ -43,6 +45,7 @@ __all__ = [
     "Environment",
     "Estimator",
     "FitdockError",
+    "Hosts",
     "Mpi",
     "PyTorch",
     "PyTorchConfiguration",

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fitdock.environments.spec import Environment
 from fitdock.errors import SpecError
+from fitdock.estimators.compute import ComputeTarget
 from fitdock.estimators.distribution import Distribution, Mpi, PyTorchConfiguration
 
 _INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -41,7 +42,7 @@ class EstimatorArgs(BaseModel):
 
     source_directory: Path
     entry_script: str
-    compute_target: str = "local"
+    compute_target: ComputeTarget = "local"
     script_params: dict[str, Any] | list[Any] | None = None
     node_count: int = Field(default=1, ge=1)
     process_count_per_node: int = Field(default=1, ge=1)

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from fitdock.environments.spec import Environment
+from fitdock.estimators.compute import ComputeTarget
 from fitdock.estimators.distribution import Distribution
 
 
@@ -72,7 +73,7 @@ class JobSpec(BaseModel):
     node_count: int = Field(default=1, ge=1)
     process_count_per_node: int = Field(default=1, ge=1)
     distribution: Distribution | None = None
-    compute_target: str = "local"
+    compute_target: ComputeTarget = "local"
     use_docker: bool | None = None
     use_gpu: bool = False
     environment: Environment

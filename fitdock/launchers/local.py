@@ -80,7 +80,7 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     return LaunchPlan(
         target=NAME,
-        argv=argv,
+        commands=[argv],
         env=env,
         cwd=str(run.snapshot),
         world_size=spec.world_size,

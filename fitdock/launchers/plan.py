@@ -8,11 +8,12 @@ from dataclasses import dataclass, field
 
 @dataclass(frozen=True)
 class LaunchPlan:
-    """argv, the variables fitdock sets (on top of the caller's environment), the working
-    directory, and any files the target needs (none for the local target)."""
+    """The command(s) (one, or one per host when a launcher runs on each host), the variables
+    fitdock sets on top of the caller's environment, the working directory, and any files
+    the target needs (none for the local target)."""
 
     target: str
-    argv: list[str]
+    commands: list[list[str]]
     env: dict[str, str]
     cwd: str
     world_size: int
@@ -20,9 +21,14 @@ class LaunchPlan:
     files: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def argv(self) -> list[str]:
+        """The first (usually the only) command."""
+        return self.commands[0]
+
     def render(self) -> str:
         lines = [f"target: {self.target}", f"ranks: {self.world_size}", f"cwd: {self.cwd}", "argv:"]
-        lines.append("  " + shlex.join(self.argv))
+        lines += ["  " + shlex.join(command) for command in self.commands]
         lines.append("environment:")
         lines += [f"  {key}={value}" for key, value in sorted(self.env.items())]
         for name, text in sorted(self.files.items()):

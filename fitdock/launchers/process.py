@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the script modes import as little as possible: they start e
 ORPHAN_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when the supervisor is gone
 LEFTOVER_GRACE = 0.5  # the same, for processes left behind after the command exits
 RANK_MODE = "fitdock-rank"
+NEXT = "--fitdock-next--"  # separates the commands of a job that runs several (one per host)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _PR_SET_CHILD_SUBREAPER = 36
 
@@ -45,11 +46,12 @@ _PR_SET_CHILD_SUBREAPER = 36
 # Supervisor side
 # ---------------------------------------------------------------------------------------------
 class JobProcess:
-    """A running job: the reaper process and the command it runs."""
+    """A running job: the reaper process and the command(s) it runs (several run side
+    by side, e.g. one torchrun per host)."""
 
     def __init__(
         self,
-        argv: Sequence[str],
+        commands: Sequence[Sequence[str]],
         *,
         env: Mapping[str, str],
         cwd: str | Path,
@@ -58,7 +60,10 @@ class JobProcess:
     ) -> None:
         import subprocess
 
-        reaper = [python, "-I", "-S", __file__, "reap", "--", *argv]
+        joined: list[str] = []
+        for command in commands:
+            joined += [NEXT, *command] if joined else list(command)
+        reaper = [python, "-I", "-S", __file__, "reap", "--", *joined]
         with open(log_path, "ab") as log:
             self._popen = subprocess.Popen(
                 reaper,
@@ -183,7 +188,7 @@ def _is_rank_wrapper(pid: int) -> bool:
         return False
 
 
-def _user_processes(root: int, main: int) -> list[int]:
+def _user_processes(root: int, mains: set[int]) -> list[int]:
     """Descendants of ``root`` without the rank wrappers and the launcher processes above
     them; with no wrappers in the tree, every descendant."""
     children = _children_map()
@@ -205,7 +210,7 @@ def _user_processes(root: int, main: int) -> list[int]:
         under.append(pid)
         stack.extend(children.get(pid, []))
     # Orphans re-parented to the reaper (their wrapper died) are user processes too.
-    orphans = [p for p in children.get(root, []) if p != main and p not in wrappers]
+    orphans = [p for p in children.get(root, []) if p not in mains and p not in wrappers]
     return under + orphans
 
 
@@ -263,23 +268,42 @@ def _kill_all(me: int) -> None:
         _reap_all()
 
 
+def split_commands(argv: list[str]) -> list[list[str]]:
+    """``a b NEXT c d`` -> ``[[a, b], [c, d]]``: the reaper can run several commands."""
+    commands: list[list[str]] = [[]]
+    for word in argv:
+        if word == NEXT:
+            commands.append([])
+        else:
+            commands[-1].append(word)
+    return [command for command in commands if command]
+
+
 def reap_main(argv: list[str]) -> int:
+    """Run the job's command(s); the job ends when all have exited. Its status is the
+    first non-zero status, and a command failing stops the others (fail-fast)."""
     me = os.getpid()
     _become_subreaper()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: _stop_and_exit(me))
     env = dict(os.environ, FITDOCK_REAPER_PID=str(me))
     devnull = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
-    try:
-        main = os.posix_spawnp(argv[0], argv, env, file_actions=devnull)
-    except OSError as exc:
-        print(f"fitdock: cannot run {argv[0]}: {exc.strerror}", file=sys.stderr)
-        return 127
-    main_fd = os.pidfd_open(main)
+    running: dict[int, int] = {}  # pidfd -> pid
+    for command in split_commands(argv):
+        try:
+            pid = os.posix_spawnp(command[0], command, env, file_actions=devnull)
+        except OSError as exc:
+            print(f"fitdock: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
+            _stop_tree(me, LEFTOVER_GRACE)
+            return 127
+        running[os.pidfd_open(pid)] = pid
+    mains = set(running.values())
     control = sys.stdin.fileno()
     pending = b""
-    while True:
-        ready, _, _ = select.select([main_fd, control], [], [], 0.5)
+    failed: int | None = None
+    kill_at: float | None = None
+    while running:
+        ready, _, _ = select.select([*running, control], [], [], 0.5)
         if control in ready:
             chunk = os.read(control, 4096)
             if not chunk:  # the supervisor is gone
@@ -288,17 +312,28 @@ def reap_main(argv: list[str]) -> int:
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                _obey(me, main, int(line))
+                _obey(me, mains, int(line))
         _reap_all()
-        if main in _EXITED:
-            return _finish(me, exit_status(_EXITED[main]))
+        for fd, pid in list(running.items()):
+            if pid in _EXITED:
+                os.close(fd)
+                del running[fd]
+                status = exit_status(_EXITED[pid])
+                if status and failed is None:
+                    failed = status
+                    if running:  # fail-fast across the commands
+                        _send(_user_processes(me, mains), signal.SIGTERM)
+                        kill_at = time.monotonic() + ORPHAN_GRACE
+        if kill_at is not None and running and time.monotonic() >= kill_at:
+            _kill_all(me)
+    return _finish(me, failed or 0)
 
 
-def _obey(me: int, main: int, signum: int) -> None:
+def _obey(me: int, mains: set[int], signum: int) -> None:
     if signum == signal.SIGKILL:
         _kill_all(me)
     else:
-        _send(_user_processes(me, main), signum)
+        _send(_user_processes(me, mains), signum)
 
 
 def _finish(me: int, code: int) -> int:
@@ -329,7 +364,13 @@ def rank_env() -> dict[str, str]:
     size = _first(("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "WORLD_SIZE"), "1")
     local = _first(("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "LOCAL_RANK"), rank)
     local_size = _first(("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE"), size)
-    return {"RANK": rank, "WORLD_SIZE": size, "LOCAL_RANK": local, "LOCAL_WORLD_SIZE": local_size}
+    return {
+        "RANK": rank,
+        "WORLD_SIZE": size,
+        "LOCAL_RANK": local,
+        "LOCAL_WORLD_SIZE": local_size,
+        "SM_CURRENT_HOST": os.uname().nodename,  # the machine this rank runs on
+    }
 
 
 def rank_main(log_dir: str, argv: list[str]) -> int:

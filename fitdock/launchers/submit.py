@@ -108,6 +108,7 @@ def _initial_record(spec, run, plan, summary, source, resume_dir) -> dict:  # ty
         "spec": spec.model_dump(mode="json"),
         "environment_hash": spec.environment.hash(),
         "argv": plan.argv,
+        "commands": plan.commands,
         "env": plan.env,
         "cwd": plan.cwd,
         "world_size": plan.world_size,

@@ -114,7 +114,7 @@ class Supervisor:
         plan = self.plan
         env = {**base_environment(), **plan.env, "FITDOCK_ATTEMPT": str(number)}
         job = JobProcess(
-            plan.argv, env=env, cwd=plan.cwd, log_path=self.run_dir.logs / "launcher.log"
+            plan.commands, env=env, cwd=plan.cwd, log_path=self.run_dir.logs / "launcher.log"
         )
         self.run_dir.update(
             status=RunStatus.RUNNING.value, started_at=now_iso(), reaper_pid=job.pid, attempt=number

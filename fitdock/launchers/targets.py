@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Protocol
 
 from fitdock.errors import NotAvailableError, SpecError
+from fitdock.estimators.compute import Hosts
 from fitdock.estimators.spec import JobSpec
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.runs.store import RunDir
 
-TARGETS = {"local": "fitdock.launchers.local"}
-PLANNED = ("docker", "hosts", "slurm")
+TARGETS = {"local": "fitdock.launchers.local", "hosts": "fitdock.launchers.hosts"}
+PLANNED = ("docker", "slurm")
 
 
 class Target(Protocol):
@@ -23,7 +24,13 @@ class Target(Protocol):
     def plan(self, spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan: ...
 
 
-def get_target(name: str) -> Target:
+def get_target(target: str | Hosts) -> Target:
+    name = "hosts" if isinstance(target, Hosts) else target
+    if name == "hosts" and not isinstance(target, Hosts):
+        raise SpecError(
+            "compute_target='hosts' needs the host list: compute_target=Hosts(['node1:2', ...])",
+            field="compute_target",
+        )
     module = TARGETS.get(name)
     if module is not None:
         return importlib.import_module(module)  # type: ignore[return-value]

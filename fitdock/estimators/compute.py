@@ -1,0 +1,107 @@
+"""Compute targets as data. ``"local"`` is a name; ``Hosts`` lists machines."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CIDR = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$")
+
+
+class Host(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    slots: int = Field(default=1, ge=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name_ok(cls, value: str) -> str:
+        if not _HOST.match(value):
+            raise ValueError(f"{value!r} is not a host name or address")
+        return value
+
+    @classmethod
+    def parse(cls, text: str) -> Host:
+        """``node1``, ``node1:2`` (MPICH style) or ``node1 slots=2`` (Open MPI hostfile)."""
+        words = text.split()
+        name, _, count = words[0].partition(":")
+        for word in words[1:]:
+            key, _, value = word.partition("=")
+            if key in ("slots", "max_slots"):
+                count = count or value
+        return cls(name=name, slots=int(count) if count else 1)
+
+
+class Hosts(BaseModel):
+    """Run on a list of machines: ``Hosts(["node1:2", "node2:2"])`` or ``Hosts(hostfile=...)``.
+
+    fitdock starts processes on the hosts through a launch *agent*: ``ssh`` by
+    default (``ssh_user``, ``ssh_port``, ``ssh_key``, ``ssh_options``), or any
+    command prefix called like ssh, as ``AGENT HOST COMMAND`` where COMMAND is one
+    shell string. ``shared_filesystem=True`` (the default) declares that the run
+    folder (``$FITDOCK_HOME``) is at the same path on every host, as with NFS;
+    with ``False`` fitdock copies the snapshot there before each attempt and brings
+    logs, outputs and checkpoints back after it. ``network`` (a CIDR such as
+    ``10.0.0.0/24``) keeps MPI and rendezvous traffic on that network.
+    ``python`` is the interpreter on the hosts (default: this one's path).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["hosts"] = "hosts"
+    hosts: tuple[Host, ...] = Field(min_length=1)
+    agent: tuple[str, ...] = ()
+    ssh_user: str | None = None
+    ssh_port: int | None = Field(default=None, ge=1, le=65535)
+    ssh_key: Path | None = None
+    ssh_options: tuple[str, ...] = ()
+    shared_filesystem: bool = True
+    network: str | None = None
+    python: str | None = None
+
+    def __init__(
+        self, hosts: Any = None, /, *, hostfile: str | Path | None = None, **data: Any
+    ) -> None:
+        if hostfile is not None:
+            if hosts is not None:
+                raise ValueError("give hosts or hostfile, not both")
+            lines = Path(hostfile).read_text().splitlines()
+            hosts = [line.split("#", 1)[0] for line in lines if line.split("#", 1)[0].strip()]
+        if hosts is not None:
+            data["hosts"] = hosts
+        super().__init__(**data)
+
+    @field_validator("hosts", mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return tuple(Host.parse(item) if isinstance(item, str) else item for item in value)
+        return value
+
+    @field_validator("network")
+    @classmethod
+    def _cidr(cls, value: str | None) -> str | None:
+        if value is not None and not _CIDR.match(value):
+            raise ValueError(f"network must be a CIDR such as '10.0.0.0/24', got {value!r}")
+        return value
+
+    def agent_argv(self) -> list[str]:
+        """The launch agent's argv prefix; the host and the command follow it."""
+        if self.agent:
+            return list(self.agent)
+        argv = ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new"]
+        if self.ssh_user:
+            argv += ["-l", self.ssh_user]
+        if self.ssh_port:
+            argv += ["-p", str(self.ssh_port)]
+        if self.ssh_key:
+            argv += ["-i", str(self.ssh_key)]
+        return argv + list(self.ssh_options)
+
+
+ComputeTarget = str | Hosts

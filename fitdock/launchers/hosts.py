@@ -1,0 +1,160 @@
+"""The hosts target: ranks on a list of machines, started through a launch agent (ssh).
+
+MPI jobs run one ``mpirun`` here that reaches the hosts through the agent
+(Open MPI: ``--host`` and ``plm_rsh_agent``; MPICH: ``-hosts`` and
+``-launcher-exec``). torchrun jobs run one torchrun per host, each started
+through the agent, with the c10d rendezvous on the first host. Remote commands
+are quoted with ``shlex`` for the agent's shell: no user string is interpreted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+from pathlib import Path
+
+from fitdock.errors import NotAvailableError, SpecError
+from fitdock.estimators.compute import Hosts
+from fitdock.estimators.distribution import Mpi, PyTorchConfiguration
+from fitdock.estimators.spec import JobSpec
+from fitdock.launchers import local, mpi
+from fitdock.launchers.plan import LaunchPlan
+from fitdock.launchers.process import rank_wrapper_argv
+from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
+from fitdock.launchers.variables import free_port, job_variables
+from fitdock.runs.store import RunDir
+
+NAME = "hosts"
+RDZV_PORTS = (29400, 500)  # torchrun's c10d port on the first host: 29400 + hash(run id) % 500
+
+
+def _hosts(spec: JobSpec) -> Hosts:
+    assert isinstance(spec.compute_target, Hosts)  # get_target routes only Hosts here
+    return spec.compute_target
+
+
+def check(spec: JobSpec) -> None:
+    hosts = _hosts(spec)
+    if spec.use_docker:
+        raise NotAvailableError("use_docker=True is not available on the hosts target yet")
+    if not spec.environment.python.user_managed_dependencies:
+        raise NotAvailableError(
+            "user_managed=False: building environments on remote hosts is not available yet; "
+            "pass user_managed=True and install the packages on every host"
+        )
+    if spec.node_count > len(hosts.hosts):
+        raise SpecError(
+            f"node_count={spec.node_count} but the Hosts target lists {len(hosts.hosts)} host(s)",
+            field="node_count",
+        )
+    for host in hosts.hosts[: spec.node_count]:
+        if spec.process_count_per_node > host.slots:
+            raise SpecError(
+                f"process_count_per_node={spec.process_count_per_node} is more than host "
+                f"{host.name} offers (slots={host.slots}); raise its slots ('{host.name}:"
+                f"{spec.process_count_per_node}') or use fewer processes",
+                field="process_count_per_node",
+            )
+
+
+def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
+    check(spec)
+    hosts = _hosts(spec)
+    used = hosts.hosts[: spec.node_count]
+    python = hosts.python or local.interpreter(spec)
+    wrapped = [*rank_wrapper_argv(python, run.logs), python, spec.entry_script, *spec.arguments]
+    env = job_variables(spec, run, resume_dir, hosts=[h.name for h in used])
+    env.update(MASTER_ADDR=used[0].name, MASTER_PORT=str(free_port()))
+    config = spec.distribution
+    listed = ", ".join(f"{h.name}:{h.slots}" for h in used)
+    notes = [f"hosts: {listed}; agent: {shlex.join(hosts.agent_argv())}"]
+    if isinstance(config, PyTorchConfiguration):
+        env.update(torchrun_env(config))
+        commands = _torchrun_commands(spec, hosts, python, wrapped, env, run)
+    elif isinstance(config, Mpi):
+        launcher = mpi.find_launcher(config)
+        env.update(mpi.mpi_env(launcher))
+        commands = [_mpi_argv(launcher, config, spec, hosts, env, wrapped, run)]
+    else:
+        commands = [
+            _remote(hosts, used[0].name, run, env | {"RANK": "0", "WORLD_SIZE": "1"}, wrapped)
+        ]
+    if not hosts.shared_filesystem:
+        notes.append(
+            "no shared filesystem: the snapshot is copied to each host before each attempt"
+        )
+    return LaunchPlan(
+        target=NAME,
+        commands=commands,
+        env=env,
+        cwd=str(run.snapshot),
+        world_size=spec.world_size,
+        interpreter=python,
+        notes=notes,
+    )
+
+
+def _remote(
+    hosts: Hosts, host: str, run: RunDir, env: dict[str, str], command: list[str]
+) -> list[str]:
+    """``AGENT HOST 'cd SNAPSHOT && exec env K=V ... command'``, quoted for the remote shell."""
+    assignments = [f"{key}={value}" for key, value in sorted(env.items())]
+    remote = f"cd {shlex.quote(str(run.snapshot))} && exec " + shlex.join(
+        ["env", *assignments, *command]
+    )
+    return [*hosts.agent_argv(), host, remote]
+
+
+def _torchrun_commands(
+    spec: JobSpec, hosts: Hosts, python: str, wrapped: list[str], env: dict[str, str], run: RunDir
+) -> list[list[str]]:
+    assert isinstance(spec.distribution, PyTorchConfiguration)
+    used = hosts.hosts[: spec.node_count]
+    base, span = RDZV_PORTS
+    port = base + int(hashlib.sha256(run.id.encode()).hexdigest(), 16) % span
+    endpoint = f"{used[0].name}:{port}"
+    commands = []
+    for rank, host in enumerate(used):
+        argv = torchrun_argv(
+            python, spec.distribution, len(used), spec.process_count_per_node, wrapped,
+            run_id=run.id, endpoint=endpoint, node_rank=rank,
+        )  # fmt: skip
+        commands.append(_remote(hosts, host.name, run, env | {"NODE_RANK": str(rank)}, argv))
+    return commands
+
+
+def _mpi_argv(
+    launcher: mpi.MpiLauncher,
+    config: Mpi,
+    spec: JobSpec,
+    hosts: Hosts,
+    env: dict[str, str],
+    wrapped: list[str],
+    run: RunDir,
+) -> list[str]:
+    used = hosts.hosts[: spec.node_count]
+    host_list = ",".join(f"{h.name}:{spec.process_count_per_node}" for h in used)
+    agent = hosts.agent_argv()
+    argv = [launcher.path, "-n", str(spec.world_size)]
+    if launcher.flavor is mpi.Flavor.OPEN_MPI:
+        argv += ["--host", host_list, "--mca", "plm_rsh_agent", shlex.join(agent)]
+        argv += ["--bind-to", "none", "--wdir", str(run.snapshot)]
+        if hosts.network:
+            argv += ["--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", hosts.network]
+            argv += ["--mca", "oob_tcp_if_include", hosts.network]
+        for name in sorted(env):
+            argv += ["-x", name]
+    elif launcher.flavor is mpi.Flavor.MPICH:
+        if len(agent) != 1:
+            raise SpecError(
+                "MPICH's launcher takes the agent as one program: give Hosts(agent=[path]) "
+                "with the options inside that program, or use Open MPI",
+                field="compute_target",
+            )
+        argv += ["-hosts", host_list, "-launcher", "ssh", "-launcher-exec", agent[0]]
+        argv += ["-wdir", str(run.snapshot), "-genvlist", ",".join(sorted(env))]
+    else:
+        raise NotAvailableError(
+            f"{launcher.flavor.value} at {launcher.path}: use Open MPI or MPICH on hosts"
+        )
+    return [*argv, *config.extra_args, *wrapped]
