@@ -369,7 +369,7 @@ def _estimator(tmp_path: Path, **kwargs: object) -> Estimator:
         ),
         ({"max_snapshot_files": 1}, SnapshotError, None, "over the limit of 1"),
         ({"compute_target": "slurm"}, NotAvailableError, None, "compute_target='slurm'"),
-        ({"compute_target": "moon"}, SpecError, "compute_target", "known: local"),
+        ({"compute_target": "moon"}, SpecError, "compute_target", "known: hosts, local"),
         (
             {"node_count": 2, "distributed_training": Mpi()},
             SpecError,
