@@ -17,7 +17,7 @@ from fitdock.errors import NotAvailableError, SpecError
 from fitdock.estimators.compute import Hosts
 from fitdock.estimators.distribution import Mpi, PyTorchConfiguration
 from fitdock.estimators.spec import JobSpec
-from fitdock.launchers import local, mpi
+from fitdock.launchers import local, mpi, staging
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.launchers.process import rank_wrapper_argv
 from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
@@ -158,3 +158,15 @@ def _mpi_argv(
             f"{launcher.flavor.value} at {launcher.path}: use Open MPI or MPICH on hosts"
         )
     return [*argv, *config.extra_args, *wrapped]
+
+
+def before_attempt(spec: JobSpec, run: RunDir) -> None:
+    hosts = _hosts(spec)
+    if not hosts.shared_filesystem:
+        staging.stage_in(hosts, [h.name for h in hosts.hosts[: spec.node_count]], run)
+
+
+def after_attempt(spec: JobSpec, run: RunDir) -> None:
+    hosts = _hosts(spec)
+    if not hosts.shared_filesystem:
+        staging.stage_out(hosts, [h.name for h in hosts.hosts[: spec.node_count]], run)

@@ -134,6 +134,37 @@ def capture(argv: Sequence[str], timeout: float = 10.0, cwd: str | None = None) 
     return done.returncode, done.stdout + done.stderr
 
 
+def transfer(
+    argv: Sequence[str],
+    *,
+    stdin: Path | None = None,
+    stdout: Path | None = None,
+    timeout: float = 600,
+) -> tuple[int, str]:
+    """Run a file-transfer command with a file as its stdin or stdout (staging a run to a
+    host through its launch agent); return the exit code and stderr."""
+    import subprocess
+
+    source = open(stdin, "rb") if stdin else subprocess.DEVNULL  # noqa: SIM115 - closed below
+    sink = open(stdout, "wb") if stdout else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        done = subprocess.run(
+            list(argv),
+            stdin=source,
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 127, str(exc)
+    finally:
+        for handle in (source, sink):
+            if not isinstance(handle, int):
+                handle.close()
+    return done.returncode, done.stderr.decode(errors="replace")
+
+
 def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -82,9 +82,7 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
         lock.release()
         remove_tree(run.path)
         raise
-    supervisor = Supervisor(
-        run, spec, lock, plan, lambda resume: target.plan(spec, run, resume), resume_dir
-    )
+    supervisor = Supervisor(run, spec, lock, target, plan, resume_dir)
     thread = threading.Thread(target=supervisor.run, name=f"fitdock-{run.id}")
     handle = Run(run.id, supervisor=supervisor)
     thread.start()

@@ -16,22 +16,22 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fitdock.errors import FitdockError
 from fitdock.estimators.spec import JobSpec
 from fitdock.launchers.outcome import AttemptResult, first_failure, judge, read_rank_exits
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.launchers.policy import Decision, Outcome, decide
 from fitdock.launchers.process import JobProcess
+from fitdock.launchers.targets import Target
 from fitdock.launchers.variables import base_environment
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir, SupervisorLock, copy_read_only, now_iso, remove_tree
 
 POLL_SECONDS = 0.1
 FAIL_FAST_GRACE = 2.0  # SIGTERM -> SIGKILL for the other ranks when one rank failed
-Replan = Callable[[Path | None], LaunchPlan]
 
 
 class Supervisor:
@@ -40,15 +40,15 @@ class Supervisor:
         run: RunDir,
         spec: JobSpec,
         lock: SupervisorLock,
+        target: Target,
         plan: LaunchPlan,
-        replan: Replan,
         resume_dir: Path | None,
     ) -> None:
         self.run_dir = run
         self.spec = spec
         self.lock = lock
+        self.target = target
         self.plan = plan
-        self.replan = replan
         self.resume_dir = resume_dir
         self.cancel_requested = threading.Event()
         self.done = threading.Event()
@@ -108,10 +108,17 @@ class Supervisor:
             if self.run_dir.resume.exists():
                 remove_tree(self.run_dir.resume)
             self.resume_dir = copy_read_only(checkpoints, self.run_dir.resume)
-        self.plan = self.replan(self.resume_dir)
+        self.plan = self.target.plan(self.spec, self.run_dir, self.resume_dir)
 
     def _attempt(self, number: int) -> AttemptResult:
         plan = self.plan
+        hook = getattr(self.target, "before_attempt", None)
+        try:
+            if hook is not None:
+                hook(self.spec, self.run_dir)
+        except FitdockError as exc:  # e.g. a host could not be reached to stage the run
+            error = {"reason": "staging", "message": str(exc)}
+            return AttemptResult(Outcome.LAUNCHER_FAILED, 255, {}, error)
         env = {**base_environment(), **plan.env, "FITDOCK_ATTEMPT": str(number)}
         job = JobProcess(
             plan.commands, env=env, cwd=plan.cwd, log_path=self.run_dir.logs / "launcher.log"
@@ -123,6 +130,9 @@ class Supervisor:
             code, stopped, detail = self._watch(job)
         finally:
             job.close()
+        hook = getattr(self.target, "after_attempt", None)
+        if hook is not None:
+            hook(self.spec, self.run_dir)
         return judge(self.run_dir.logs, plan.world_size, code, stopped, detail)
 
     # ------------------------------------------------------------------ one attempt

@@ -23,6 +23,9 @@ class Target(Protocol):
 
     def plan(self, spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan: ...
 
+    # Optional: ``before_attempt(spec, run)`` and ``after_attempt(spec, run)``, e.g. to copy
+    # the run to hosts without a shared filesystem and its results back.
+
 
 def get_target(target: str | Hosts) -> Target:
     name = "hosts" if isinstance(target, Hosts) else target
