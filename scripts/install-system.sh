@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # System packages the test suite uses beside the Python ones: Debian's Open MPI (so the
-# suite runs Open MPI as well as the MPICH that the `mpi` extra brings from PyPI).
+# suite runs Open MPI as well as the MPICH that the `mpi` extra brings from PyPI), and
+# OpenSSH's server and client (tests/netns.py starts a private sshd per fake host; the
+# package's own sshd service is never started: see policy-rc.d below); plus what
+# scripts/build-horovod.sh needs to build Horovod (libopenmpi-dev, cmake, g++, make).
 # Installs with apt-get when run as root on Debian/Ubuntu; otherwise says what is missing
 # and leaves it to you (the tests that need it then skip, or fail with CI=true).
 set -euo pipefail
@@ -9,6 +12,20 @@ missing=()
 if ! /usr/bin/mpirun --version 2>/dev/null | grep -q "Open MPI"; then
     missing+=(openmpi-bin)
 fi
+if [[ ! -x /usr/sbin/sshd ]]; then
+    missing+=(openssh-server)
+fi
+if ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null; then
+    missing+=(openssh-client)
+fi
+# Horovod's build (scripts/build-horovod.sh): Open MPI's headers and compiler wrappers,
+# CMake, a C++ compiler and make.
+if ! /usr/bin/mpicxx --showme:version 2>/dev/null | grep -q "Open MPI"; then
+    missing+=(libopenmpi-dev)
+fi
+for tool in cmake g++ make; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
 if ((${#missing[@]} == 0)); then
     echo "install-system: nothing to install"
     exit 0
@@ -20,5 +37,21 @@ fi
 start=$(date +%s)
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-apt-get install -y -qq "${missing[@]}" >/dev/null
+# Without systemd, openssh-server's postinst would start a system sshd listening on every
+# address: forbid service starts during the install unless a policy already exists.
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 755 "$policy"
+    made_policy=1
+fi
+status=0
+apt-get install -y -qq "${missing[@]}" >/dev/null || status=$?
+if ((made_policy)); then
+    rm -f "$policy"
+fi
+if ((status != 0)); then
+    exit "$status"
+fi
 echo "install-system: installed ${missing[*]} in $(($(date +%s) - start)) s"

@@ -140,7 +140,15 @@ def _missing_gpu() -> str | None:
     return "no NVIDIA GPU"
 
 
+@functools.cache
+def _missing_netns() -> str | None:
+    from netns import netns_unavailable
+
+    return netns_unavailable()
+
+
 TOOLS: dict[str, Callable[[], str | None]] = {
+    "netns": _missing_netns,
     "mpi": _missing_mpi,
     "chainer": _missing_chainer,
     "torch": _missing_torch,

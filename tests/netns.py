@@ -9,10 +9,11 @@
 
 * Each host is a network namespace with ``lo`` and ``eth0`` up, its own address, and a distinct
   hostname (``<prefix>-h<i>``) that the launch agent sets in a private UTS namespace.
-* The bridge lives in its own "switch" namespace, not in the root one: a Docker engine on the
-  machine sets the root namespace's iptables FORWARD policy to DROP, and with br_netfilter
-  loaded that would drop the frames between hosts. The root namespace joins the switch through
-  the uplink veth ``<prefix>u`` holding ``10.213.k.254``, so its processes reach every host.
+* The bridge lives in its own "switch" namespace, not in the root one: br_netfilter is loaded
+  here (bridge-nf-call-iptables=1), so bridged frames go through the iptables FORWARD chain of
+  the bridge's namespace, and a Docker engine sets the root namespace's FORWARD policy to DROP.
+  A fresh namespace has empty iptables. The root namespace joins the switch through the uplink
+  veth ``<prefix>u`` holding ``10.213.k.254``, so its processes reach every host.
 * ``agent`` is a per-context wrapper around ``tests/agents/netns-agent``: an ssh stand-in
   called as ``AGENT [ssh options] HOST COMMAND...`` (see that script for the exact contract).
   The wrapper sets ``FDK_NETNS_MAP`` (host -> namespace, hostname) and ``FDK_NETNS_HOSTS_FILE``
@@ -58,7 +59,7 @@ GATEWAY_OCTET = 254
 HOST_INTERFACE = "eth0"
 SSHD = "/usr/sbin/sshd"
 LOCK_FILE = Path(tempfile.gettempdir()) / "fitdock-netns.lock"
-NAME_RE = re.compile(r"^fdk(\d+)x\d+")
+NAME_RE = re.compile(r"^fdk(\d+)x")
 MAX_IFNAME = 15
 
 _contexts = itertools.count()
@@ -100,6 +101,7 @@ class SshAccess:
     key: Path
     user: str
     options: tuple[str, ...]
+    wrapper: Path  # a script running `ssh OPTIONS "$@"` (for hydra's -launcher-exec)
 
     def argv(self, host: NamespaceHost, command: str) -> list[str]:
         """``ssh OPTIONS user@address COMMAND``: run ``command`` on ``host`` over ssh."""
@@ -126,6 +128,7 @@ class NamespaceHosts:
     agent: Path
     map_file: Path
     hosts_file: Path
+    resolve_hostnames: bool = True
     ssh: SshAccess | None = None
     sshd_pids: list[int] = field(default_factory=list)
 
@@ -281,11 +284,12 @@ def clean_stale() -> list[str]:
 # Setup
 # ---------------------------------------------------------------------------------------------
 def _used_networks() -> list[ipaddress.IPv4Network]:
+    """Every IPv4 destination this machine routes (its own addresses included)."""
     networks = []
     for route in json.loads(ip("-4", "-j", "route", "show", "table", "all") or "[]"):
         dst = route.get("dst", "default")
         if dst != "default":
-            networks.append(ipaddress.ip_network(dst, strict=False))
+            networks.append(ipaddress.IPv4Network(dst, strict=False))
     return networks
 
 
@@ -338,18 +342,19 @@ def _write_files(net: NamespaceHosts) -> None:
     etc_hosts.append(f"{net.gateway} {net.prefix}-gw")
     etc_hosts += [f"{h.address} {h.hostname}" for h in net.hosts]
     net.hosts_file.write_text("\n".join(etc_hosts) + "\n")
+    hosts_file = str(net.hosts_file) if net.resolve_hostnames else ""
     net.agent.write_text(
         "#!/bin/sh\n"
         f"# Launch agent for the fake hosts {net.prefix}-h*: see {AGENT_SCRIPT}\n"
         f"FDK_NETNS_MAP={shlex.quote(str(net.map_file))}\n"
-        f"FDK_NETNS_HOSTS_FILE={shlex.quote(str(net.hosts_file))}\n"
+        f"FDK_NETNS_HOSTS_FILE={shlex.quote(hosts_file)}\n"
         "export FDK_NETNS_MAP FDK_NETNS_HOSTS_FILE\n"
         f'exec /bin/sh {shlex.quote(str(AGENT_SCRIPT))} "$@"\n'
     )
     net.agent.chmod(0o755)
 
 
-def _plan(count: int, workdir: Path | None) -> NamespaceHosts:
+def _plan(count: int, workdir: Path | None, resolve_hostnames: bool) -> NamespaceHosts:
     prefix = f"fdk{os.getpid()}x{next(_contexts)}"
     if len(prefix) + 1 > MAX_IFNAME:
         raise NetnsError(f"prefix {prefix} is too long for an interface name")
@@ -369,6 +374,7 @@ def _plan(count: int, workdir: Path | None) -> NamespaceHosts:
         agent=folder / "agent",
         map_file=folder / "hosts.map",
         hosts_file=folder / "hosts",
+        resolve_hostnames=resolve_hostnames,
     )
 
 
@@ -415,7 +421,8 @@ LogLevel ERROR
 
 # Run sshd the way the agent runs a command: the host's hostname, its /etc/hosts.
 SSHD_WRAPPER = (
-    'hostname "$1" || exit 255; mount --bind "$2" /etc/hosts || exit 255; '
+    'hostname "$1" || exit 255; '
+    'if [ -n "$2" ]; then mount --bind "$2" /etc/hosts || exit 255; fi; '
     f'exec {SSHD} -D -e -f "$3"'
 )
 
@@ -451,8 +458,8 @@ def _start_sshd(net: NamespaceHosts, processes: list[subprocess.Popen[bytes]]) -
             )
         )
         argv = ["ip", "netns", "exec", h.namespace, "unshare", "--uts", "--mount", "--",
-                "/bin/sh", "-c", SSHD_WRAPPER, "sshd", h.hostname, str(net.hosts_file),
-                str(config)]  # fmt: skip
+                "/bin/sh", "-c", SSHD_WRAPPER, "sshd", h.hostname,
+                str(net.hosts_file) if net.resolve_hostnames else "", str(config)]  # fmt: skip
         with (folder / f"sshd-{h.hostname}.log").open("ab") as log:
             proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
@@ -461,18 +468,18 @@ def _start_sshd(net: NamespaceHosts, processes: list[subprocess.Popen[bytes]]) -
         net.sshd_pids.append(proc.pid)
     for h in net.hosts:
         if not _wait_port(h.address, 22, timeout=10):
-            log = (folder / f"sshd-{h.hostname}.log").read_text()
-            raise NetnsError(f"sshd on {h.address} did not start: {log}")
-    net.ssh = SshAccess(
-        key=folder / "id_ed25519",
-        user="root",
-        options=(
-            "-F", "/dev/null", "-i", str(folder / "id_ed25519"),
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-            "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
-        ),
+            text = (folder / f"sshd-{h.hostname}.log").read_text()
+            raise NetnsError(f"sshd on {h.address} did not start: {text}")
+    options = (
+        "-F", "/dev/null", "-i", str(folder / "id_ed25519"),
+        "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+        "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5",
     )  # fmt: skip
+    wrapper = folder / "ssh"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.join(["ssh", *options])} "$@"\n')
+    wrapper.chmod(0o755)
+    net.ssh = SshAccess(key=folder / "id_ed25519", user="root", options=options, wrapper=wrapper)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,9 +530,19 @@ def _teardown(net: NamespaceHosts, processes: list[subprocess.Popen[bytes]], kee
 
 @contextlib.contextmanager
 def namespace_hosts(
-    count: int, *, sshd: bool = False, workdir: Path | None = None
+    count: int,
+    *,
+    sshd: bool = False,
+    resolve_hostnames: bool = True,
+    workdir: Path | None = None,
 ) -> Iterator[NamespaceHosts]:
     """Make ``count`` fake hosts (see the module docstring); remove them all on exit.
+
+    ``sshd``: also start a private sshd in every host (``NamespaceHosts.ssh``).
+    ``resolve_hostnames``: inside the hosts, bind ``hosts_file`` over /etc/hosts so that every
+    fake hostname resolves to its address (and ``<prefix>-gw`` to the gateway). With False
+    they resolve to nothing (no DNS is reachable from the hosts): proves that command lines
+    rely on addresses only.
 
     ``workdir`` holds the agent, its map, the hosts file and the ssh keys; by default a new
     temporary folder, removed on exit (a given ``workdir`` is kept). Removal happens even when
@@ -533,7 +550,7 @@ def namespace_hosts(
     next call (``clean_stale``).
     """
     clean_stale()
-    net = _plan(count, workdir)
+    net = _plan(count, workdir, resolve_hostnames)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         _build(net, count)

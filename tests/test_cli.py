@@ -139,7 +139,10 @@ def test_job_file_and_dry_run_print_the_plan_and_create_nothing(
             "max_run_duration_seconds",
         ),
         (["--entry-script", "train.py", "--user-managed", "--env", "NOEQUALS"], "NAME=VALUE"),
-        (["--entry-script", "train.py", "--user-managed", "--target", "moon"], "known: hosts, local"),
+        (
+            ["--entry-script", "train.py", "--user-managed", "--target", "moon"],
+            "known: hosts, local",
+        ),
     ],
 )
 def test_bad_input_exits_2_with_a_clear_message(

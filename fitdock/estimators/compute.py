@@ -47,8 +47,12 @@ class Hosts(BaseModel):
     folder (``$FITDOCK_HOME``) is at the same path on every host, as with NFS;
     with ``False`` fitdock copies the snapshot there before each attempt and brings
     logs, outputs and checkpoints back after it. ``network`` (a CIDR such as
-    ``10.0.0.0/24``) keeps MPI and rendezvous traffic on that network.
-    ``python`` is the interpreter on the hosts (default: this one's path).
+    ``10.0.0.0/24``) keeps MPI traffic on that network and ``interface`` (such as
+    ``eth0``) names the hosts' network card for Gloo and NCCL (``GLOO_SOCKET_IFNAME``,
+    ``NCCL_SOCKET_IFNAME``). ``local_address`` is this machine's address as the hosts
+    reach it (MPICH's ``-localhost``; needed when this machine's hostname does not
+    resolve on the hosts). ``python`` is the interpreter on the hosts (default: this
+    one's path).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -62,6 +66,8 @@ class Hosts(BaseModel):
     ssh_options: tuple[str, ...] = ()
     shared_filesystem: bool = True
     network: str | None = None
+    interface: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,15}$")
+    local_address: str | None = None
     python: str | None = None
 
     def __init__(
@@ -81,6 +87,13 @@ class Hosts(BaseModel):
     def _parse(cls, value: Any) -> Any:
         if isinstance(value, (list, tuple)):
             return tuple(Host.parse(item) if isinstance(item, str) else item for item in value)
+        return value
+
+    @field_validator("local_address")
+    @classmethod
+    def _address_ok(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST.match(value):
+            raise ValueError(f"{value!r} is not a host name or address")
         return value
 
     @field_validator("network")

@@ -65,6 +65,8 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
     wrapped = [*rank_wrapper_argv(python, run.logs), python, spec.entry_script, *spec.arguments]
     env = job_variables(spec, run, resume_dir, hosts=[h.name for h in used])
     env.update(MASTER_ADDR=used[0].name, MASTER_PORT=str(free_port()))
+    if hosts.interface:
+        env.update(GLOO_SOCKET_IFNAME=hosts.interface, NCCL_SOCKET_IFNAME=hosts.interface)
     config = spec.distribution
     listed = ", ".join(f"{h.name}:{h.slots}" for h in used)
     notes = [f"hosts: {listed}; agent: {shlex.join(hosts.agent_argv())}"]
@@ -117,7 +119,7 @@ def _torchrun_commands(
     for rank, host in enumerate(used):
         argv = torchrun_argv(
             python, spec.distribution, len(used), spec.process_count_per_node, wrapped,
-            run_id=run.id, endpoint=endpoint, node_rank=rank,
+            run_id=run.id, endpoint=endpoint, node_rank=rank, local_addr=host.name,
         )  # fmt: skip
         commands.append(_remote(hosts, host.name, run, env | {"NODE_RANK": str(rank)}, argv))
     return commands
@@ -152,6 +154,8 @@ def _mpi_argv(
                 field="compute_target",
             )
         argv += ["-hosts", host_list, "-launcher", "ssh", "-launcher-exec", agent[0]]
+        if hosts.local_address:
+            argv += ["-localhost", hosts.local_address]
         argv += ["-wdir", str(run.snapshot), "-genvlist", ",".join(sorted(env))]
     else:
         raise NotAvailableError(

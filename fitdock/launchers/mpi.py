@@ -87,6 +87,11 @@ def mpi_argv(launcher: MpiLauncher, config: Mpi, processes: int, command: list[s
 
 def mpi_env(launcher: MpiLauncher) -> dict[str, str]:
     """Variables the launcher needs; as root Open MPI refuses to start without them."""
-    if launcher.flavor is Flavor.OPEN_MPI and os.geteuid() == 0:
-        return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    return {}
+    env: dict[str, str] = {}
+    if launcher.flavor is Flavor.OPEN_MPI:
+        # mpi4py's PyPI wheel picks an MPI library at import time; under Open MPI's launcher
+        # it must be Open MPI's, else it aborts (a PMIx error) when MPICH is installed too.
+        env["MPI4PY_LIBMPI"] = os.environ.get("MPI4PY_LIBMPI", "libmpi.so.40")
+        if os.geteuid() == 0:
+            env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return env

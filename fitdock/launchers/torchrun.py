@@ -15,6 +15,7 @@ def torchrun_argv(
     run_id: str,
     endpoint: str | None = None,
     node_rank: int | None = None,
+    local_addr: str | None = None,
 ) -> list[str]:
     """``python -m torch.distributed.run ... --no-python command``.
 
@@ -36,7 +37,15 @@ def torchrun_argv(
     else:
         argv += ["--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--rdzv-id", run_id]
         if node_rank is not None:
-            argv += ["--node-rank", str(node_rank)]
+            # Say which node hosts the c10d store: torchrun guesses it from hostnames, which
+            # need not resolve between hosts.
+            argv += [
+                "--node-rank",
+                str(node_rank),
+                f"--rdzv-conf=is_host={str(node_rank == 0).lower()}",
+            ]
+        if local_addr is not None:
+            argv += ["--local-addr", local_addr]
     return [*argv, "--max-restarts", "0", "--no-python", *command]
 
 
