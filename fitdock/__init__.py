@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from fitdock.errors import FitdockError
     from fitdock.estimators.base import Estimator
     from fitdock.estimators.compute import Hosts
-    from fitdock.estimators.distribution import Mpi, PyTorchConfiguration
+    from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
     from fitdock.estimators.frameworks import Chainer, PyTorch
     from fitdock.runs.run import Run
     from fitdock.runs.status import RunStatus
@@ -32,6 +32,7 @@ _EXPORTS = {
     "Environment": "fitdock.environments.spec",
     "Estimator": "fitdock.estimators.base",
     "FitdockError": "fitdock.errors",
+    "Horovod": "fitdock.estimators.distribution",
     "Hosts": "fitdock.estimators.compute",
     "Mpi": "fitdock.estimators.distribution",
     "PyTorchConfiguration": "fitdock.estimators.distribution",
@@ -45,6 +46,7 @@ __all__ = [
     "Environment",
     "Estimator",
     "FitdockError",
+    "Horovod",
     "Hosts",
     "Mpi",
     "PyTorch",

@@ -147,7 +147,15 @@ def _missing_netns() -> str | None:
     return netns_unavailable()
 
 
+@functools.cache
+def _missing_horovod() -> str | None:
+    if _quiet([sys.executable, "-c", "import horovod.torch"]):
+        return None
+    return "horovod.torch cannot be imported (scripts/build-horovod.sh builds it)"
+
+
 TOOLS: dict[str, Callable[[], str | None]] = {
+    "horovod": _missing_horovod,
     "netns": _missing_netns,
     "mpi": _missing_mpi,
     "chainer": _missing_chainer,

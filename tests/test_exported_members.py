@@ -22,6 +22,7 @@ EXPECTED_ALL = [
     "Environment",
     "Estimator",
     "FitdockError",
+    "Horovod",
     "Hosts",
     "Mpi",
     "PyTorch",

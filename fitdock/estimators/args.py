@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fitdock.environments.spec import Environment
 from fitdock.errors import SpecError
 from fitdock.estimators.compute import ComputeTarget
-from fitdock.estimators.distribution import Distribution, Mpi, PyTorchConfiguration
+from fitdock.estimators.distribution import Distribution, Horovod, Mpi, PyTorchConfiguration
 
 _INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VAR_NAME = _INPUT_NAME
@@ -215,11 +215,11 @@ def _check_counts(owner: str, raw: dict[str, Any], args: EstimatorArgs) -> None:
     config = args.distributed_training
     given_ppn = raw.get("process_count_per_node")
     given_nodes = raw.get("node_count")
-    mpi_ppn = config.process_count_per_node if isinstance(config, Mpi) else None
+    mpi_ppn = config.process_count_per_node if isinstance(config, (Mpi, Horovod)) else None
     if mpi_ppn not in (None, given_ppn) and given_ppn not in (None, 1):
         raise SpecError(
             f"{owner}: process_count_per_node={given_ppn} disagrees with "
-            f"Mpi(process_count_per_node={mpi_ppn}); give it once",
+            f"{type(config).__name__}(process_count_per_node={mpi_ppn}); give it once",
             field="process_count_per_node",
         )
     if isinstance(config, PyTorchConfiguration):
@@ -247,7 +247,7 @@ def node_count(args: EstimatorArgs) -> int:
 
 def per_node(args: EstimatorArgs) -> int:
     config = args.distributed_training
-    if isinstance(config, Mpi) and config.process_count_per_node is not None:
+    if isinstance(config, (Mpi, Horovod)) and config.process_count_per_node is not None:
         return config.process_count_per_node
     if isinstance(config, PyTorchConfiguration) and config.process_count is not None:
         return config.process_count // node_count(args)

@@ -17,7 +17,7 @@ from fitdock.environments.spec import DockerSection, Environment
 from fitdock.errors import SpecError
 from fitdock.estimators.args import EstimatorArgs, node_count, per_node, validate_args
 from fitdock.estimators.compute import Hosts
-from fitdock.estimators.distribution import Mpi, PyTorchConfiguration
+from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.estimators.spec import JobSpec, SnapshotLimits, script_params_to_argv
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class Estimator:
         node_count: int = 1,
         process_count_per_node: int = 1,
         distributed_backend: str | None = None,
-        distributed_training: Mpi | PyTorchConfiguration | None = None,
+        distributed_training: Mpi | PyTorchConfiguration | Horovod | None = None,
         use_gpu: bool = False,
         use_docker: bool | None = None,
         custom_docker_base_image: str | None = None,

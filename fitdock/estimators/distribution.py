@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Mpi(BaseModel):
@@ -53,4 +53,38 @@ class PyTorchConfiguration(BaseModel):
         return value.lower() if isinstance(value, str) else value  # Azure spells it "Nccl"
 
 
-Distribution = Annotated[Mpi | PyTorchConfiguration, Field(discriminator="kind")]
+class Horovod(BaseModel):
+    """Start a Horovod job: through ``mpirun`` (the MPI controller, exactly as ``Mpi``)
+    or through ``horovodrun`` (``controller="mpi"`` or ``"gloo"``).
+
+    ``Mpi()`` runs Horovod scripts too (Horovod's MPI controller reads the MPI rank
+    variables); ``Horovod`` adds the Gloo controller and horovodrun. ``horovodrun`` names
+    the program (default: the one beside this interpreter, else on PATH).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["horovod"] = "horovod"
+    process_count_per_node: int | None = Field(default=None, ge=1)
+    controller: Literal["mpi", "gloo"] = "mpi"
+    launcher: Literal["mpirun", "horovodrun"] = "mpirun"
+    mpirun: str | None = None
+    horovodrun: str | None = None
+    extra_args: tuple[str, ...] = ()
+
+    def __init__(self, process_count_per_node: int | None = None, **data: object) -> None:
+        super().__init__(process_count_per_node=process_count_per_node, **data)
+
+    @model_validator(mode="after")
+    def _gloo_needs_horovodrun(self) -> Horovod:
+        if self.controller == "gloo" and self.launcher == "mpirun":
+            raise ValueError(
+                "the Gloo controller is started by horovodrun: pass launcher='horovodrun'"
+            )
+        return self
+
+    def as_mpi(self) -> Mpi:
+        return Mpi(self.process_count_per_node, mpirun=self.mpirun, extra_args=self.extra_args)
+
+
+Distribution = Annotated[Mpi | PyTorchConfiguration | Horovod, Field(discriminator="kind")]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 from fitdock.errors import NotAvailableError, SpecError
 from fitdock.estimators.compute import Hosts
-from fitdock.estimators.distribution import Mpi, PyTorchConfiguration
+from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.estimators.spec import JobSpec
-from fitdock.launchers import local, mpi, staging
+from fitdock.launchers import horovod, local, mpi, staging
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.launchers.process import rank_wrapper_argv
 from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
@@ -68,15 +68,24 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
     if hosts.interface:
         env.update(GLOO_SOCKET_IFNAME=hosts.interface, NCCL_SOCKET_IFNAME=hosts.interface)
     config = spec.distribution
+    launcher = None
+    if isinstance(config, Horovod):
+        if config.launcher != "mpirun":
+            raise NotAvailableError(
+                "Horovod on the hosts target runs through mpirun (the MPI controller): "
+                "pass Horovod(launcher='mpirun')"
+            )
+        launcher = horovod.mpi_for(config)
+        config = config.as_mpi()
     listed = ", ".join(f"{h.name}:{h.slots}" for h in used)
     notes = [f"hosts: {listed}; agent: {shlex.join(hosts.agent_argv())}"]
     if isinstance(config, PyTorchConfiguration):
         env.update(torchrun_env(config))
         commands = _torchrun_commands(spec, hosts, python, wrapped, env, run)
     elif isinstance(config, Mpi):
-        launcher = mpi.find_launcher(config)
+        launcher = launcher or mpi.find_launcher(config)
         env.update(mpi.mpi_env(launcher))
-        commands = [_mpi_argv(launcher, config, spec, hosts, env, wrapped, run)]
+        commands = [_mpi_argv(launcher, config, hosts, spec, env, wrapped, run)]
     else:
         commands = [
             _remote(hosts, used[0].name, run, env | {"RANK": "0", "WORLD_SIZE": "1"}, wrapped)
@@ -128,8 +137,8 @@ def _torchrun_commands(
 def _mpi_argv(
     launcher: mpi.MpiLauncher,
     config: Mpi,
-    spec: JobSpec,
     hosts: Hosts,
+    spec: JobSpec,
     env: dict[str, str],
     wrapped: list[str],
     run: RunDir,

@@ -7,15 +7,16 @@ environment for the local target is not available yet.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import sys
 from pathlib import Path
 
 from fitdock.errors import NotAvailableError, SpecError
-from fitdock.estimators.distribution import Mpi, PyTorchConfiguration
+from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.estimators.spec import JobSpec
-from fitdock.launchers import mpi
+from fitdock.launchers import horovod, mpi
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.launchers.process import rank_wrapper_argv
 from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
@@ -67,8 +68,20 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
     env = job_variables(spec, run, resume_dir, hosts=[socket.gethostname()])
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     config = spec.distribution
-    if isinstance(config, Mpi):
-        launcher = mpi.find_launcher(config)
+    if isinstance(config, Horovod) and config.launcher == "horovodrun":
+        path = horovod.find_horovodrun(config)
+        argv = horovod.horovodrun_argv(path, config, spec.world_size, None, wrapped)
+        if config.controller == "mpi":  # horovodrun runs the first mpirun on PATH: Horovod's own
+            launcher = horovod.mpi_for(config)
+            env.update(mpi.mpi_env(launcher))
+            env["PATH"] = os.pathsep.join(
+                [os.path.dirname(launcher.path), os.environ.get("PATH", "")]
+            )
+    elif isinstance(config, (Mpi, Horovod)):
+        launcher = (
+            horovod.mpi_for(config) if isinstance(config, Horovod) else mpi.find_launcher(config)
+        )
+        config = config.as_mpi() if isinstance(config, Horovod) else config
         argv = mpi.mpi_argv(launcher, config, spec.world_size, wrapped)
         env.update(mpi.mpi_env(launcher))
         env["FITDOCK_MPI"] = f"{launcher.flavor.value} {launcher.version}".strip()

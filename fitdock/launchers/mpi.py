@@ -31,9 +31,12 @@ class MpiLauncher:
     version: str
 
 
-def find_launcher(config: Mpi) -> MpiLauncher:
+def find_launcher(config: Mpi, flavor: Flavor | None = None) -> MpiLauncher:
     """The launcher named in ``Mpi(mpirun=...)``, else the one beside this interpreter
-    (where the ``fitdock[mpi]`` extra puts it), else the first on PATH."""
+    (where the ``fitdock[mpi]`` extra puts it), else the first on PATH; with ``flavor``,
+    the first of those (then /usr/bin) that is of that MPI family."""
+    if flavor is not None and not config.mpirun:
+        return _find_flavor(flavor)
     if config.mpirun:
         path = shutil.which(config.mpirun)
         if path is None:
@@ -53,6 +56,25 @@ def find_launcher(config: Mpi) -> MpiLauncher:
         "no mpirun or mpiexec found: install an MPI with `pip install 'fitdock[mpi]'` "
         "(MPICH from PyPI), or `apt-get install openmpi-bin`, or pass Mpi(mpirun='/path/to/mpirun')"
     )
+
+
+def _find_flavor(flavor: Flavor) -> MpiLauncher:
+    folders = [
+        str(Path(sys.executable).parent),
+        *os.environ.get("PATH", "").split(os.pathsep),
+        "/usr/bin",
+    ]
+    seen = set()
+    for folder in folders:
+        for name in NAMES:
+            path = os.path.join(folder, name)
+            if path in seen or not os.access(path, os.X_OK):
+                continue
+            seen.add(path)
+            launcher = _identify(path)
+            if launcher.flavor is flavor:
+                return launcher
+    raise LauncherNotFoundError(f"no {flavor.value} mpirun found (needed by the library in use)")
 
 
 @functools.lru_cache(maxsize=8)

@@ -391,10 +391,15 @@ def _first(names: Sequence[str], default: str) -> str:
 
 def rank_env() -> dict[str, str]:
     """RANK/WORLD_SIZE/LOCAL_RANK from whichever MPI (or torchrun) started us."""
-    rank = _first(("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "RANK"), "0")
-    size = _first(("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "WORLD_SIZE"), "1")
-    local = _first(("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "LOCAL_RANK"), rank)
-    local_size = _first(("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "LOCAL_WORLD_SIZE"), size)
+    rank = _first(("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "HOROVOD_RANK", "RANK"), "0")
+    size = _first(("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "HOROVOD_SIZE", "WORLD_SIZE"), "1")
+    local = _first(
+        ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "HOROVOD_LOCAL_RANK", "LOCAL_RANK"), rank
+    )
+    local_size = _first(
+        ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "HOROVOD_LOCAL_SIZE", "LOCAL_WORLD_SIZE"),
+        size,
+    )
     return {
         "RANK": rank,
         "WORLD_SIZE": size,
