@@ -17,7 +17,8 @@ import horovod.torch as hvd
 hvd.init()
 total = hvd.allreduce(torch.tensor([float(hvd.rank() + 1)]), op=hvd.Sum)
 rank, size = hvd.rank(), hvd.size()
-print("hvd rank", rank, "of", size, "sum", int(total.item()), "RANK", os.environ["RANK"], flush=True)
+line = f"hvd rank {rank} of {size} sum {int(total.item())} RANK {os.environ['RANK']}"
+print(line, flush=True)
 if len(sys.argv) > 1 and hvd.rank() == 1:
     print("rank 1: loss is nan", file=sys.stderr, flush=True)
     sys.exit(6)
