@@ -6,7 +6,7 @@
 #   scripts/build-horovod.sh --reinstall  # install again (from the wheel cache if there)
 #   scripts/build-horovod.sh --rebuild    # build again even when a cached wheel exists
 #
-# Horovod 0.28.1 is an sdist only; a build takes ~5 min on 2 cores. The wheel is kept in
+# Horovod 0.28.1 is an sdist only; a build takes 3.5-5 min on 2 cores. The wheel is kept in
 # $FITDOCK_WHEEL_CACHE (default ~/.cache/fitdock/wheels), under a folder named after what
 # it was built against (Horovod, torch, Python and MPI versions), so a later run on the
 # same machine (or a CI cache of that folder) only installs it, in seconds.
@@ -127,7 +127,8 @@ build_wheel() {
         "$VENV/bin/python" -m pip wheel --no-build-isolation --no-deps -v -w "$out" "$src" \
         >"$out/build.log" 2>&1; then
         tail -n 60 "$out/build.log" >&2
-        die "the build failed; full log: $out/build.log"
+        cp "$out/build.log" "$CACHE/failed-build.log"
+        die "the build failed; full log: $CACHE/failed-build.log"
     fi
 }
 
@@ -164,7 +165,7 @@ if [[ $REBUILD == 1 || -z $wheel ]]; then
     src=$(fetch_source "$WORK")
     step_done "download and patch the sdist"
     mkdir "$WORK/wheel"
-    echo "build-horovod: building with $JOBS jobs (~5 min on 2 cores); log: $WORK/wheel/build.log"
+    echo "build-horovod: building with $JOBS jobs (3.5-5 min on 2 cores); log: $WORK/wheel/build.log"
     build_wheel "$src" "$WORK/wheel"
     step_done "build the wheel"
     rm -rf "$SLOT"
@@ -180,7 +181,6 @@ fi
 step_done "install into $VENV"
 
 horovod_ok || die "horovod.torch does not import with MPI and Gloo after the install"
-"$VENV/bin/python" -c 'import horovod.torch as hvd, horovod
-print("build-horovod: horovod", horovod.__version__, "mpi_built", hvd.mpi_built(),
-      "gloo_built", hvd.gloo_built())'
-step_done "check"
+step_done "check: horovod.torch $VERSION imports, MPI and Gloo built"
+echo "build-horovod: launch with $MPI_BIN/mpirun, or horovodrun with $MPI_BIN/mpirun first" \
+    "on PATH as \`mpirun\` (not the venv's MPICH one), or horovodrun --gloo"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from fitdock import Chainer, Mpi, PyTorch, RunStatus
+from fitdock import Chainer, Horovod, Mpi, PyTorch, RunStatus
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -73,6 +73,31 @@ def test_pytorch_example_ddp_over_mpi_ranks_then_resume() -> None:
     assert len(hashes) == 1  # DDP kept the two ranks' parameters identical
     first = fit(1)
     resumed = fit(2, resume_from=first.id)
+    assert resumed.status is RunStatus.COMPLETED, resumed.error
+    final = [json.loads((r.output_dir / "final.json").read_text()) for r in (whole, resumed)]
+    assert final[0]["params_sha256"] == final[1]["params_sha256"]
+
+
+@pytest.mark.horovod
+def test_pytorch_horovod_example_then_resume() -> None:
+    def fit(epochs: int, **kwargs: object):  # type: ignore[no-untyped-def]
+        return PyTorch(
+            source_directory=EXAMPLES / "pytorch_horovod",
+            entry_script="train.py",
+            script_params={"--epochs": epochs},
+            process_count_per_node=2,
+            distributed_training=Horovod(),
+            user_managed=True,
+            max_run_duration_seconds=300,
+            **kwargs,
+        ).fit()
+
+    whole = fit(3)
+    assert whole.status is RunStatus.COMPLETED, whole.error
+    hashes = {(whole.output_dir / f"params_rank{r}.sha256").read_text() for r in (0, 1)}
+    assert len(hashes) == 1  # Horovod's DistributedOptimizer kept the ranks identical
+    first = fit(2)
+    resumed = fit(3, resume_from=first)
     assert resumed.status is RunStatus.COMPLETED, resumed.error
     final = [json.loads((r.output_dir / "final.json").read_text()) for r in (whole, resumed)]
     assert final[0]["params_sha256"] == final[1]["params_sha256"]
