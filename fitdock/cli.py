@@ -55,6 +55,12 @@ def _add_run(sub: Any) -> None:
         "-n", "--process-count-per-node", type=int, help="ranks per node (MPI when > 1)"
     )
     run.add_argument("--node-count", type=int, help="nodes (the local target has one)")
+    run.add_argument(
+        "--distribution",
+        choices=["mpi", "pytorch", "horovod"],
+        help="how ranks start when there are several: mpirun (default), torchrun, Horovod",
+    )
+    run.add_argument("--backend", choices=["gloo", "nccl"], help="torch.distributed backend (gloo)")
     run.add_argument("--max-run", type=float, metavar="SECONDS", help="max_run_duration_seconds")
     run.add_argument(
         "--grace", type=float, metavar="SECONDS", help="termination_grace_seconds (30)"
@@ -151,11 +157,11 @@ def _job_arguments(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if ns.script_args:
         kwargs["script_params"] = ns.script_args
     processes = int(kwargs.get("process_count_per_node", 1)) * int(kwargs.get("node_count", 1))
-    if (
-        processes > 1
-        and "distributed_training" not in kwargs
-        and "distributed_backend" not in kwargs
-    ):
+    if ns.distribution is not None:
+        kwargs["distributed_training"] = {"kind": ns.distribution}
+        if ns.distribution == "pytorch":
+            kwargs["distributed_training"]["communication_backend"] = ns.backend or "gloo"
+    elif processes > 1 and not {"distributed_training", "distributed_backend"} & set(kwargs):
         kwargs["distributed_backend"] = "mpi"
     if "source_directory" not in kwargs:
         raise FitdockError("give --source-directory (or source_directory in the job file)")
@@ -175,7 +181,7 @@ def _pairs(items: list[str]) -> dict[str, str]:
 def _estimator(framework: str, kwargs: dict[str, Any]) -> Any:
     import warnings
 
-    from fitdock.estimators.distribution import Mpi
+    from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
     from fitdock.estimators.frameworks import Chainer, Estimator, PyTorch
 
     cls = {"chainer": Chainer, "pytorch": PyTorch, "none": Estimator}[framework]
@@ -183,7 +189,12 @@ def _estimator(framework: str, kwargs: dict[str, Any]) -> Any:
         del kwargs["distributed_backend"]
         kwargs["distributed_training"] = Mpi()
     elif isinstance(kwargs.get("distributed_training"), dict):
-        kwargs["distributed_training"] = Mpi(**kwargs["distributed_training"])
+        config = dict(kwargs["distributed_training"])
+        kind = config.pop("kind", "mpi")
+        kinds = {"mpi": Mpi, "pytorch": PyTorchConfiguration, "horovod": Horovod}
+        if kind not in kinds:
+            raise FitdockError(f"distributed_training kind {kind!r}: use one of {', '.join(kinds)}")
+        kwargs["distributed_training"] = kinds[kind](**config)
     source = kwargs.pop("source_directory")
     with warnings.catch_warnings():
         warnings.simplefilter("default")

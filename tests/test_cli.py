@@ -171,3 +171,42 @@ def test_env_list_and_show(tmp_path: Path) -> None:
     assert "chainer==7.8.1" in shown.stdout
     missing = fitdock("env", "show", "nope", home=tmp_path)
     assert missing.returncode == 2 and "known:" in missing.stderr
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--distribution", "pytorch"],
+            ["torch.distributed.run", "--nproc-per-node 2", "FITDOCK_DIST_BACKEND=gloo"],
+        ),
+        (["--distribution", "pytorch", "--backend", "nccl"], ["FITDOCK_DIST_BACKEND=nccl"]),
+    ],
+)
+def test_distribution_flags_choose_the_launcher(
+    source: Path, tmp_path: Path, flags: list[str], expected: list[str]
+) -> None:
+    done = fitdock(
+        "run", "--source-directory", str(source), "--entry-script", "train.py", "-n", "2",
+        "--user-managed", "--dry-run", *flags, home=tmp_path,
+    )  # fmt: skip
+    if "no mpirun or mpiexec" in done.stderr:
+        pytest.skip("needs an MPI launcher")
+    assert done.returncode == 0, done.stderr
+    for text in expected:
+        assert text in done.stdout
+
+
+def test_hang_timeout_and_max_restarts_flags_reach_the_run(tmp_path: Path) -> None:
+    src = tmp_path / "quiet"
+    src.mkdir()
+    (src / "quiet.py").write_text("import time\ntime.sleep(30)\n")
+    done = fitdock(
+        "run", "--source-directory", str(src), "--entry-script", "quiet.py", "--user-managed",
+        "--quiet", "--hang-timeout", "1", "--max-restarts", "1", home=tmp_path / "home",
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "hung: no output" in done.stdout
+    run_id = done.stdout.split()[1]
+    shown = json.loads(fitdock("runs", "show", run_id, "--json", home=tmp_path / "home").stdout)
+    assert [a["outcome"] for a in shown["attempts"]] == ["hung", "hung"]
