@@ -32,7 +32,7 @@ OPEN_MPI = "/usr/bin/mpirun"
 
 
 def without_wrapper(argv: list[str]) -> list[str]:
-    """Drop ``python -I -S process.py fitdock-rank LOGDIR --`` from a planned argv."""
+    """Drop ``python -I -S jobtree.py fitdock-rank LOGDIR --`` from a planned argv."""
     mode = argv.index(RANK_MODE)
     return argv[: mode - 4] + argv[mode + 3 :]
 
