@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # the script modes import as little as possible: they start e
 ORPHAN_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when the supervisor is gone
 LEFTOVER_GRACE = 0.5  # the same, for processes left behind after the command exits
 RANK_MODE = "fitdock-rank"
+RELAY_KILL_WAIT = 5.0  # after relaying SIGKILL, kill what is left here (e.g. a docker client)
 NEXT = "--fitdock-next--"  # separates the commands of a job that runs several (one per host)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _PR_SET_CHILD_SUBREAPER = 36
@@ -177,19 +178,39 @@ def split_commands(argv: list[str]) -> list[list[str]]:
     return [command for command in commands if command]
 
 
-def reap_main(argv: list[str]) -> int:
+def _spawn(command: list[str], env: dict[str, str], relay: list[int] | None) -> int:
+    """Start one command: stdin from /dev/null, or (relay) from a pipe we keep the end of."""
+    if relay is None:
+        actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+        return os.posix_spawnp(command[0], command, env, file_actions=actions)
+    read, write = os.pipe()
+    try:
+        pid = os.posix_spawnp(
+            command[0], command, env, file_actions=[(os.POSIX_SPAWN_DUP2, read, 0)]
+        )
+    finally:
+        os.close(read)
+    relay.append(write)
+    return pid
+
+
+def reap_main(argv: list[str], relay_orders: bool = False) -> int:
     """Run the job's command(s); the job ends when all have exited. Its status is the
-    first non-zero status, and a command failing stops the others (fail-fast)."""
+    first non-zero status, and a command failing stops the others (fail-fast).
+
+    With ``relay_orders`` the commands are themselves reapers (inside containers): orders
+    are written to their stdin instead of signalling processes here, and our death closes
+    their stdin, which stops them."""
     me = os.getpid()
     _become_subreaper()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: _stop_and_exit(me))
     env = dict(os.environ, FITDOCK_REAPER_PID=str(me))
-    devnull = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+    relay: list[int] | None = [] if relay_orders else None
     running: dict[int, int] = {}  # pidfd -> pid
     for command in split_commands(argv):
         try:
-            pid = os.posix_spawnp(command[0], command, env, file_actions=devnull)
+            pid = _spawn(command, env, relay)
         except OSError as exc:
             print(f"fitdock: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
             _stop_tree(me, LEFTOVER_GRACE)
@@ -210,7 +231,12 @@ def reap_main(argv: list[str]) -> int:
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                _obey(me, mains, int(line))
+                if relay is None:
+                    _obey(me, mains, int(line))
+                else:
+                    _relay(relay, line + b"\n")
+                    if int(line) == signal.SIGKILL:  # if the inner reapers cannot, we will
+                        kill_at = time.monotonic() + RELAY_KILL_WAIT
         _reap_all()
         for fd, pid in list(running.items()):
             if pid in _EXITED:
@@ -225,6 +251,14 @@ def reap_main(argv: list[str]) -> int:
         if kill_at is not None and running and time.monotonic() >= kill_at:
             _kill_all(me)
     return _finish(me, failed or 0)
+
+
+def _relay(pipes: list[int], order: bytes) -> None:
+    for fd in pipes:
+        try:
+            os.write(fd, order)
+        except OSError:
+            pass  # that command has ended
 
 
 def _obey(me: int, mains: set[int], signum: int) -> None:
@@ -321,7 +355,9 @@ def rank_main(log_dir: str, argv: list[str]) -> int:
 def main(args: list[str]) -> int:
     mode, rest = args[0], args[1:]
     if mode == "reap":
-        return reap_main(rest[rest.index("--") + 1 :])
+        return reap_main(
+            rest[rest.index("--") + 1 :], relay_orders="--relay" in rest[: rest.index("--")]
+        )
     if mode == RANK_MODE:
         return rank_main(rest[0], rest[rest.index("--") + 1 :])
     print(f"jobtree.py: unknown mode {mode!r}", file=sys.stderr)

@@ -19,6 +19,7 @@ class LaunchPlan:
     world_size: int
     interpreter: str
     files: dict[str, str] = field(default_factory=dict)
+    relay_orders: bool = False  # the commands are reapers themselves (e.g. inside a container)
     notes: list[str] = field(default_factory=list)
 
     @property

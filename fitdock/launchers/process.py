@@ -15,6 +15,7 @@ import select
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 from fitdock.launchers import jobtree
 from fitdock.launchers.jobtree import NEXT, RANK_MODE
@@ -26,6 +27,7 @@ __all__ = [
     "capture",
     "rank_wrapper_argv",
     "split_commands",
+    "stream",
     "transfer",
 ]
 split_commands = jobtree.split_commands
@@ -46,13 +48,17 @@ class JobProcess:
         cwd: str | Path,
         log_path: str | Path,
         python: str = sys.executable,
+        relay_orders: bool = False,
     ) -> None:
+        """``relay_orders``: the commands are reapers themselves (one in a container, say):
+        orders go to their stdin (see ``jobtree``)."""
         import subprocess
 
         joined: list[str] = []
         for command in commands:
             joined += [NEXT, *command] if joined else list(command)
-        reaper = [python, "-I", "-S", jobtree.__file__, "reap", "--", *joined]
+        mode = ["reap", "--relay"] if relay_orders else ["reap"]
+        reaper = [python, "-I", "-S", jobtree.__file__, *mode, "--", *joined]
         with open(log_path, "ab") as log:
             self._popen = subprocess.Popen(
                 reaper,
@@ -95,6 +101,12 @@ class JobProcess:
         if self._popen.stdin is not None:
             with contextlib.suppress(OSError):
                 self._popen.stdin.close()
+
+
+def reaper_argv(python: str, jobtree_path: str) -> list[str]:
+    """The argv prefix of a reaper that runs elsewhere (in a container): it reads orders from
+    its stdin and stops the job when stdin closes."""
+    return [python, "-I", "-S", jobtree_path, "reap", "--"]
 
 
 def rank_wrapper_argv(python: str, log_dir: str | Path) -> list[str]:
@@ -150,3 +162,47 @@ def transfer(
             if not isinstance(handle, int):
                 handle.close()
     return done.returncode, done.stderr.decode(errors="replace")
+
+
+def stream(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    logs: Sequence[Path] = (),
+    cwd: str | Path | None = None,
+) -> int:
+    """Run a long tool command (a package install) to its end, appending its stdout and
+    stderr, as they come, to each file in ``logs``; return its exit code (127 if it
+    cannot start, 128 + signal if a signal ended it)."""
+    import subprocess
+
+    sinks = [open(path, "ab") for path in logs]  # noqa: SIM115 - closed below
+    try:
+        try:
+            child = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=None if env is None else dict(env),
+                cwd=None if cwd is None else str(cwd),
+            )
+        except OSError as exc:
+            _tee(sinks, f"{argv[0]}: {exc}\n".encode())
+            return 127
+        with child:
+            if child.stdout is not None:  # always, with stdout=PIPE
+                out = child.stdout.fileno()
+                for chunk in iter(lambda: os.read(out, 65536), b""):
+                    _tee(sinks, chunk)
+        code = child.wait()
+        return 128 - code if code < 0 else code
+    finally:
+        for sink in sinks:
+            sink.close()
+
+
+def _tee(sinks: Sequence[BinaryIO], chunk: bytes) -> None:
+    for sink in sinks:
+        sink.write(chunk)
+        sink.flush()

@@ -121,7 +121,11 @@ class Supervisor:
             return AttemptResult(Outcome.LAUNCHER_FAILED, 255, {}, error)
         env = {**base_environment(), **plan.env, "FITDOCK_ATTEMPT": str(number)}
         job = JobProcess(
-            plan.commands, env=env, cwd=plan.cwd, log_path=self.run_dir.logs / "launcher.log"
+            plan.commands,
+            env=env,
+            cwd=plan.cwd,
+            log_path=self.run_dir.logs / "launcher.log",
+            relay_orders=plan.relay_orders,
         )
         self.run_dir.update(
             status=RunStatus.RUNNING.value, started_at=now_iso(), reaper_pid=job.pid, attempt=number
