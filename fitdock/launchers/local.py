@@ -28,11 +28,6 @@ NAME = "local"
 
 def check(spec: JobSpec) -> None:
     """Refuse what the local target cannot run, before anything is created."""
-    if spec.use_docker:
-        raise NotAvailableError(
-            "use_docker=True: Docker environments are not available in this version of fitdock; "
-            "run with use_docker=None/False and user_managed=True"
-        )
     if not spec.environment.python.user_managed_dependencies:
         raise NotAvailableError(
             "user_managed=False asks fitdock to build the environment "

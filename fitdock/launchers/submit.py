@@ -13,7 +13,7 @@ from fitdock.estimators.spec import JobSpec
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.launchers.process import capture
 from fitdock.launchers.supervisor import Supervisor
-from fitdock.launchers.targets import get_target
+from fitdock.launchers.targets import target_for
 from fitdock.runs.run import Run
 from fitdock.runs.snapshot import snapshot
 from fitdock.runs.status import RunStatus
@@ -47,14 +47,14 @@ def resolve_resume(resume_from: str | None) -> Path | None:
 
 def dry_run(spec: JobSpec) -> LaunchPlan:
     """The plan ``submit`` would run; creates nothing."""
-    target = get_target(spec.compute_target)
+    target = target_for(spec)
     source = resolve_resume(spec.resume_from)
     run = RunDir(runs_root() / new_run_id(spec.name))
     return target.plan(spec, run, run.resume if source else None)
 
 
 def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
-    target = get_target(spec.compute_target)
+    target = target_for(spec)
     target.check(spec)
     source = resolve_resume(spec.resume_from)
     run = RunDir(runs_root() / new_run_id(spec.name))
@@ -82,7 +82,7 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
         lock.release()
         remove_tree(run.path)
         raise
-    supervisor = Supervisor(run, spec, lock, target, plan, resume_dir)
+    supervisor = Supervisor(run, spec, lock, target, plan, resume_dir, show_output)
     thread = threading.Thread(target=supervisor.run, name=f"fitdock-{run.id}")
     handle = Run(run.id, supervisor=supervisor)
     thread.start()

@@ -43,6 +43,7 @@ class Supervisor:
         target: Target,
         plan: LaunchPlan,
         resume_dir: Path | None,
+        show_output: bool = False,
     ) -> None:
         self.run_dir = run
         self.spec = spec
@@ -50,6 +51,7 @@ class Supervisor:
         self.target = target
         self.plan = plan
         self.resume_dir = resume_dir
+        self.show_output = show_output
         self.cancel_requested = threading.Event()
         self.done = threading.Event()
 
@@ -74,7 +76,27 @@ class Supervisor:
             self.done.set()
 
     # ------------------------------------------------------------------ attempts
+    def _prepare(self) -> bool:
+        """Build the environment (a venv, an image) before the first attempt; False when
+        that failed (the run is then Failed with the builder's message)."""
+        prepare = getattr(self.target, "prepare", None)
+        if prepare is None:
+            return True
+        try:
+            built = prepare(self.spec, self.run_dir, self.show_output)
+        except FitdockError as exc:
+            error = {"reason": "environment_build", "message": str(exc)}
+            for name in ("step", "log"):
+                if getattr(exc, name, None) is not None:
+                    error[name] = str(getattr(exc, name))
+            self.run_dir.update(status=RunStatus.FAILED.value, ended_at=now_iso(), error=error)
+            return False
+        self.run_dir.update(environment_build=built)
+        return True
+
     def _attempts(self) -> None:
+        if not self._prepare():
+            return
         attempts: list[dict[str, Any]] = []
         number = 1
         while True:

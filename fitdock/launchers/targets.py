@@ -12,8 +12,12 @@ from fitdock.estimators.spec import JobSpec
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.runs.store import RunDir
 
-TARGETS = {"local": "fitdock.launchers.local", "hosts": "fitdock.launchers.hosts"}
-PLANNED = ("docker", "slurm")
+TARGETS = {
+    "local": "fitdock.launchers.local",
+    "docker": "fitdock.launchers.docker",
+    "hosts": "fitdock.launchers.hosts",
+}
+PLANNED = ("slurm",)
 
 
 class Target(Protocol):
@@ -23,8 +27,10 @@ class Target(Protocol):
 
     def plan(self, spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan: ...
 
-    # Optional: ``before_attempt(spec, run)`` and ``after_attempt(spec, run)``, e.g. to copy
-    # the run to hosts without a shared filesystem and its results back.
+    # Optional: ``prepare(spec, run, show_output) -> dict`` builds the environment before the
+    # first attempt (recorded as ``environment_build``); ``before_attempt(spec, run)`` and
+    # ``after_attempt(spec, run)``, e.g. to copy the run to hosts without a shared
+    # filesystem and its results back.
 
 
 def get_target(target: str | Hosts) -> Target:
@@ -45,3 +51,10 @@ def get_target(target: str | Hosts) -> Target:
     raise SpecError(
         f"compute_target={name!r} is not a known target; known: {known}", field="compute_target"
     )
+
+
+def target_for(spec: JobSpec) -> Target:
+    """The target that runs ``spec``: ``use_docker=True`` on the local target means docker."""
+    if spec.compute_target == "local" and spec.use_docker:
+        return get_target("docker")
+    return get_target(spec.compute_target)

@@ -1,0 +1,140 @@
+"""The docker target: the job runs in its environment's image, on this machine.
+
+``compute_target="docker"``, or ``use_docker=True`` with the local target. Before the
+first attempt the image is built once per environment hash (``environments.image``);
+``FITDOCK_BASE_IMAGE`` replaces the curated base of a full build (for machines that
+reach no registry). The container sees the run folder at the same path, read-write,
+so logs, exit records, checkpoints and outputs land in the run as on the local
+target; fitdock's stdlib-only run API is mounted read-only and put on PYTHONPATH.
+Inside, a reaper of its own (``jobtree.py reap``) runs the ranks; the reaper here
+relays orders to it through ``docker run -i``'s stdin, and when fitdock dies that
+stdin closes and the job stops. The container runs as the calling user's uid.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import fitdock
+from fitdock.environments.dockerfile import VENV, BuildTier, tier_of
+from fitdock.errors import NotAvailableError, SpecError
+from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
+from fitdock.estimators.spec import JobSpec
+from fitdock.launchers.jobtree import RANK_MODE
+from fitdock.launchers.plan import LaunchPlan
+from fitdock.launchers.process import reaper_argv
+from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
+from fitdock.launchers.variables import free_port, job_variables
+from fitdock.runs.store import RunDir
+
+NAME = "docker"
+LIBRARY = "/opt/fitdock/lib"  # where fitdock's package is mounted in the container
+JOBTREE = f"{LIBRARY}/fitdock/launchers/jobtree.py"
+
+
+def check(spec: JobSpec) -> None:
+    if spec.node_count > 1:
+        raise SpecError(
+            f"node_count={spec.node_count}: the docker target runs on this machine; use "
+            "process_count_per_node for more ranks",
+            field="node_count",
+        )
+    if isinstance(spec.distribution, Horovod) and spec.distribution.launcher == "horovodrun":
+        raise NotAvailableError(
+            "horovodrun in a container is not available: use Horovod(launcher='mpirun')"
+        )
+
+
+def image_of(spec: JobSpec) -> str:
+    """The image the job runs in (known without building it)."""
+    from fitdock.environments.image import image_tag
+
+    env = spec.environment
+    return str(env.docker.base_image) if tier_of(env) is BuildTier.AS_IS else image_tag(env)
+
+
+def prepare(spec: JobSpec, run: RunDir, show_output: bool = False) -> dict[str, Any]:
+    """Build the image (once per environment hash); its log lands in the run's logs."""
+    from fitdock.environments.image import ensure_image
+
+    built = ensure_image(
+        spec.environment,
+        base_image=os.environ.get("FITDOCK_BASE_IMAGE") or None,
+        log=run.logs / "image-build.log",
+        progress=show_output,
+    )
+    return {
+        "image": built.tag,
+        "built": built.built,
+        "seconds": round(built.seconds, 3),
+        "layers_built": built.layers_built,
+        "tier": built.tier.value,
+    }
+
+
+def _python(spec: JobSpec) -> str:
+    if tier_of(spec.environment) is BuildTier.AS_IS:
+        return spec.environment.python.interpreter_path
+    return f"{VENV}/bin/python"
+
+
+def _inner_command(spec: JobSpec, run: RunDir, python: str, env: dict[str, str]) -> list[str]:
+    wrapped = [python, "-I", "-S", JOBTREE, RANK_MODE, str(run.logs), "--"]
+    wrapped += [python, spec.entry_script, *spec.arguments]
+    config = spec.distribution
+    if isinstance(config, Horovod):
+        config = config.as_mpi()
+    if isinstance(config, Mpi):
+        mpi = str(spec.environment.platform.mpi or "")
+        if "Open MPI" in mpi:
+            launcher = [config.mpirun or "mpirun", "-n", str(spec.world_size), "--bind-to", "none"]
+            launcher += ["--oversubscribe"]
+            if os.getuid() == 0:
+                env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        else:
+            launcher = [config.mpirun or "mpiexec", "-n", str(spec.world_size), "-launcher", "fork"]
+        return [*launcher, *config.extra_args, *wrapped]
+    if isinstance(config, PyTorchConfiguration):
+        env.update(torchrun_env(config))
+        return torchrun_argv(python, config, 1, spec.process_count_per_node, wrapped, run_id=run.id)
+    env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    return wrapped
+
+
+def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
+    check(spec)
+    python = _python(spec)
+    env = job_variables(spec, run, resume_dir, hosts=["localhost"])
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONPATH=LIBRARY)
+    inner = _inner_command(spec, run, python, env)
+    argv = ["docker", "run", "-i", "--rm", "--name", f"fitdock-{run.id}"]
+    argv += ["--user", f"{os.getuid()}:{os.getgid()}", "--workdir", str(run.snapshot)]
+    argv += ["--stop-timeout", str(int(spec.termination_grace_seconds) + 1)]
+    argv += [
+        "-v",
+        f"{run.path}:{run.path}",
+        "-v",
+        f"{Path(fitdock.__file__).parent}:{LIBRARY}/fitdock:ro",
+    ]
+    for path in spec.inputs.values():
+        argv += ["-v", f"{path}:{path}:ro"]
+    docker = spec.environment.docker
+    if docker.shm_size:
+        argv += ["--shm-size", docker.shm_size]
+    if spec.use_gpu:
+        argv += ["--gpus", "all"]
+    for name in sorted(env):
+        argv += ["-e", name]  # the value comes from the docker client's environment
+    argv += [*docker.arguments, image_of(spec), *reaper_argv(python, JOBTREE), *inner]
+    return LaunchPlan(
+        target=NAME,
+        commands=[argv],
+        env=env,
+        cwd=str(run.snapshot),
+        world_size=spec.world_size,
+        interpreter=python,
+        notes=[f"image: {image_of(spec)} ({tier_of(spec.environment).value} build)"],
+        relay_orders=True,
+    )
