@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 DDP_EXAMPLE = REPO / "examples" / "pytorch_ddp"
-DDP_ARGS = ["--epochs", "2", "--steps-per-epoch", "80", "--warmup-steps", "10"]
+DDP_ARGS = ["--epochs", "2", "--steps-per-epoch", "100", "--warmup-steps", "10"]
 RANKS = 2
 TARGET_RATIO = 0.98
 TARGET_GONE_S = 5.0
@@ -89,16 +89,17 @@ def median(values: list[float]) -> float | None:
 # ---------------------------------------------------------------------------------------------
 # (d) DDP throughput
 # ---------------------------------------------------------------------------------------------
-def read_rate(path: Path) -> float | None:
+def read_throughput(path: Path) -> dict[str, Any] | None:
+    """The example's throughput.json, if it holds a steady-state rate."""
     try:
-        rate = json.loads(path.read_text())["samples_per_s"]
-    except (OSError, ValueError, KeyError):
+        found = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    return float(rate) if rate else None
+    return found if isinstance(found, dict) and found.get("samples_per_s") else None
 
 
-def ddp_fitdock(report: Report) -> float | None:
-    """One run of the DDP example through fitdock; its steady-state samples/s."""
+def ddp_fitdock(report: Report) -> dict[str, Any] | None:
+    """One run of the DDP example through fitdock; its throughput.json."""
     from fitdock import PyTorch, PyTorchConfiguration, RunStatus
 
     estimator = PyTorch(
@@ -117,7 +118,7 @@ def ddp_fitdock(report: Report) -> float | None:
     if run.status is not RunStatus.COMPLETED:
         report.warn(f"(d) fitdock DDP run {run.id} ended {run.status}: {run.error}")
         return None
-    return read_rate(run.output_dir / "throughput.json")
+    return read_throughput(run.output_dir / "throughput.json")
 
 
 def raw_environment() -> dict[str, str]:
@@ -128,9 +129,9 @@ def raw_environment() -> dict[str, str]:
     return env
 
 
-def ddp_raw(scratch: Path, report: Report) -> float | None:
+def ddp_raw(scratch: Path, report: Report) -> dict[str, Any] | None:
     """One run of the DDP example under raw torchrun, in a fresh folder (offline mode writes
-    ./outputs and ./checkpoints there); its steady-state samples/s."""
+    ./outputs and ./checkpoints there); its throughput.json."""
     cwd = Path(tempfile.mkdtemp(prefix="raw-", dir=scratch))
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     argv += ["--nproc-per-node", str(RANKS), str(DDP_EXAMPLE / "train.py"), *DDP_ARGS]
@@ -152,25 +153,26 @@ def ddp_raw(scratch: Path, report: Report) -> float | None:
     if done.returncode != 0:
         report.warn(f"(d) raw torchrun exited {done.returncode} (see {cwd / 'torchrun.log'})")
         return None
-    return read_rate(cwd / "outputs" / "throughput.json")
+    return read_throughput(cwd / "outputs" / "throughput.json")
 
 
 def bench_ddp(scratch: Path, report: Report, repeat: int) -> None:
-    cases: dict[str, Callable[[], float | None]] = {
+    cases: dict[str, Callable[[], dict[str, Any] | None]] = {
         "fitdock": lambda: ddp_fitdock(report),
         "raw": lambda: ddp_raw(scratch, report),
     }
-    rates: dict[str, list[float]] = {name: [] for name in cases}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in cases}
     ratios: list[float] = []
     for round_ in range(repeat):
         order = list(cases) if round_ % 2 == 0 else list(reversed(cases))
         got = {name: cases[name]() for name in order}
-        for name, rate in got.items():
-            if rate is not None:
-                rates[name].append(rate)
+        for name, found in got.items():
+            if found is not None:
+                runs[name].append({**found, "round": round_})
         if got["fitdock"] and got["raw"]:
-            ratios.append(got["fitdock"] / got["raw"])
-    report.data["ddp"] = {"samples_per_s": rates, "round_ratios": ratios, "args": DDP_ARGS}
+            ratios.append(got["fitdock"]["samples_per_s"] / got["raw"]["samples_per_s"])
+    rates = {name: [run["samples_per_s"] for run in found] for name, found in runs.items()}
+    report.data["ddp"] = {"runs": runs, "round_ratios": ratios, "args": DDP_ARGS}
     report_ddp(report, rates, ratios)
 
 
@@ -185,7 +187,7 @@ def report_ddp(report: Report, rates: dict[str, list[float]], ratios: list[float
     verdict = at_least(report, "d_ratio", ratio, TARGET_RATIO)
     spread = ""
     if ratios:
-        spread = f", rounds {min(ratios):.3f}..{max(ratios):.3f} median {median(ratios):.3f}"
+        spread = f"; per round: median {median(ratios):.3f}, {min(ratios):.3f}..{max(ratios):.3f}"
     report.data["ddp"]["median"] = {"fitdock": fitdock, "raw": raw, "ratio": ratio}
     report.emit(
         f"{head} fitdock {fitdock:.1f}, raw torchrun {raw:.1f}, ratio {ratio:.3f} "

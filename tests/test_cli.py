@@ -133,7 +133,10 @@ def test_job_file_and_dry_run_print_the_plan_and_create_nothing(
     ("args", "message"),
     [
         (["--entry-script", "nope.py", "--user-managed"], "entry_script 'nope.py' is not a file"),
-        (["--entry-script", "train.py"], "pass user_managed=True"),
+        (
+            ["--entry-script", "train.py", "--framework", "chainer", "--framework-version", "9.9"],
+            "not supported",
+        ),
         (
             ["--entry-script", "train.py", "--user-managed", "--max-run", "-1"],
             "max_run_duration_seconds",
@@ -141,7 +144,7 @@ def test_job_file_and_dry_run_print_the_plan_and_create_nothing(
         (["--entry-script", "train.py", "--user-managed", "--env", "NOEQUALS"], "NAME=VALUE"),
         (
             ["--entry-script", "train.py", "--user-managed", "--target", "moon"],
-            "known: hosts, local",
+            "known: docker, hosts, local",
         ),
     ],
 )

@@ -359,8 +359,18 @@ def _estimator(tmp_path: Path, **kwargs: object) -> Estimator:
 @pytest.mark.parametrize(
     ("kwargs", "error", "field", "words"),
     [
-        ({"user_managed": False}, NotAvailableError, None, "pass user_managed=True"),
-        ({"use_docker": True}, NotAvailableError, None, "use_docker=True"),
+        (
+            {"user_managed": False, "conda_packages": ["numpy=1.26"]},
+            NotAvailableError,
+            None,
+            "conda_packages need a conda solver",
+        ),
+        (
+            {"use_docker": True, "conda_packages": ["numpy=1.26"]},
+            NotAvailableError,
+            None,
+            "conda",
+        ),
         (
             {"resume_from": "no-such-run"},
             SpecError,
@@ -369,7 +379,7 @@ def _estimator(tmp_path: Path, **kwargs: object) -> Estimator:
         ),
         ({"max_snapshot_files": 1}, SnapshotError, None, "over the limit of 1"),
         ({"compute_target": "slurm"}, NotAvailableError, None, "compute_target='slurm'"),
-        ({"compute_target": "moon"}, SpecError, "compute_target", "known: hosts, local"),
+        ({"compute_target": "moon"}, SpecError, "compute_target", "known: docker, hosts, local"),
         (
             {"node_count": 2, "distributed_training": Mpi()},
             SpecError,
@@ -395,18 +405,17 @@ def test_bad_input_is_refused_and_leaves_no_run_directory(
     assert run_dirs(fitdock_home) == []
 
 
-@pytest.mark.parametrize("kwargs", [{"user_managed": False}, {"use_docker": True}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"user_managed": False, "conda_packages": ["numpy=1.26"]},
+        {"use_docker": True, "conda_packages": ["numpy=1.26"]},
+    ],
+)
 def test_plan_refuses_what_fit_refuses(tmp_path: Path, fitdock_home: Path, kwargs: dict) -> None:
     with pytest.raises(NotAvailableError):
         _estimator(tmp_path, **kwargs).plan()
     assert not fitdock_home.exists()
-
-
-def test_user_managed_false_says_which_interpreter_would_run(tmp_path: Path) -> None:
-    with pytest.raises(NotAvailableError) as info:
-        _estimator(tmp_path, user_managed=False).fit()
-    assert "environment builder is not available yet" in str(info.value)
-    assert sys.executable in str(info.value)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ class CatalogueRow(BaseModel):
     conda_packages: tuple[str, ...] = ()
     pip_packages: tuple[str, ...] = ()
     pip_extra_index_urls: tuple[str, ...] = ()
+    build_constraints: tuple[str, ...] = ()
     environment_variables: dict[str, str] = Field(default_factory=dict)
 
     def to_environment(self) -> Environment:
@@ -47,6 +48,7 @@ class CatalogueRow(BaseModel):
                 conda_packages=list(self.conda_packages),
                 pip_packages=list(self.pip_packages),
                 pip_extra_index_urls=list(self.pip_extra_index_urls),
+                build_constraints=list(self.build_constraints),
             ),
             docker=DockerSection(base_image=self.base_image, gpu_support=self.gpu),
             platform=self.platform,

@@ -62,8 +62,11 @@ class PythonSection(BaseModel):
     pip_packages: list[str] = Field(default_factory=list)
     channels: list[str] = Field(default_factory=list)
     pip_extra_index_urls: list[str] = Field(default_factory=list)
+    # Pins for the isolated environments in which sdists are built (uv --build-constraint,
+    # or PIP_CONSTRAINT for pip), e.g. setuptools<82 for Chainer 7.8.1. Not installed.
+    build_constraints: list[str] = Field(default_factory=list)
 
-    @field_validator("pip_packages")
+    @field_validator("pip_packages", "build_constraints")
     @classmethod
     def _pip_ok(cls, value: list[str]) -> list[str]:
         for spec in value:
@@ -155,6 +158,12 @@ class Environment(BaseModel):
                 "pip_packages": sorted({normalize_pip(s) for s in py.pip_packages}),
                 "channels": list(py.channels),  # channel order is priority: it matters
                 "pip_extra_index_urls": sorted(set(py.pip_extra_index_urls)),
+                # Only when set, so that adding the field kept every other hash as it was.
+                **(
+                    {"build_constraints": sorted({normalize_pip(s) for s in py.build_constraints})}
+                    if py.build_constraints
+                    else {}
+                ),
             },
             "docker": {
                 "base_image": self.docker.base_image,

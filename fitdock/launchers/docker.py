@@ -35,6 +35,11 @@ JOBTREE = f"{LIBRARY}/fitdock/launchers/jobtree.py"
 
 
 def check(spec: JobSpec) -> None:
+    if spec.environment.python.conda_packages:
+        raise NotAvailableError(
+            "conda_packages: fitdock's images install pip packages; give pip_packages, or a "
+            "custom_docker_image that already holds the conda environment"
+        )
     if spec.node_count > 1:
         raise SpecError(
             f"node_count={spec.node_count}: the docker target runs on this machine; use "

@@ -12,6 +12,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from fitdock.errors import NotAvailableError, SpecError
 from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
@@ -28,23 +29,31 @@ NAME = "local"
 
 def check(spec: JobSpec) -> None:
     """Refuse what the local target cannot run, before anything is created."""
-    if not spec.environment.python.user_managed_dependencies:
-        raise NotAvailableError(
-            "user_managed=False asks fitdock to build the environment "
-            f"{spec.environment.name!r}, and the environment builder is not available yet: "
-            "pass user_managed=True to run with the current interpreter "
-            f"({sys.executable}) and the packages installed in it"
-        )
     if spec.node_count > 1:
         raise SpecError(
             f"node_count={spec.node_count}: the local target is one machine; use "
             "process_count_per_node for more ranks here",
             field="node_count",
         )
+    if (
+        spec.environment.python.conda_packages
+        and not spec.environment.python.user_managed_dependencies
+    ):
+        raise NotAvailableError(
+            "conda_packages need a conda solver, which the local virtualenv builder does not "
+            "have: run in Docker (use_docker=True) or activate a conda environment yourself "
+            "and pass user_managed=True"
+        )
 
 
 def interpreter(spec: JobSpec) -> str:
-    wanted = spec.environment.python.interpreter_path
+    """The job's Python: this interpreter (user-managed), or the environment's virtualenv."""
+    python = spec.environment.python
+    if not python.user_managed_dependencies:
+        from fitdock.environments.venv import venv_path
+
+        return str(venv_path(spec.environment) / "bin" / "python")
+    wanted = python.interpreter_path
     if wanted in ("python", "python3"):
         return sys.executable
     found = shutil.which(wanted)
@@ -53,6 +62,22 @@ def interpreter(spec: JobSpec) -> str:
             f"interpreter_path {wanted!r} is not an executable", field="interpreter_path"
         )
     return found
+
+
+def prepare(spec: JobSpec, run: RunDir, show_output: bool = False) -> dict[str, Any]:
+    """Build the environment's virtualenv with uv (once per environment hash)."""
+    if spec.environment.python.user_managed_dependencies:
+        return {"interpreter": interpreter(spec), "user_managed": True}
+    from fitdock.environments.venv import ensure_venv
+
+    built = ensure_venv(spec.environment, log=run.logs / "env-build.log")
+    return {
+        "venv": str(built.path),
+        "built": built.built,
+        "seconds": round(built.seconds, 3),
+        "lock": str(built.lock) if built.lock else None,
+        "packages": built.packages,
+    }
 
 
 def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:

@@ -172,31 +172,27 @@ def stream(
     cwd: str | Path | None = None,
 ) -> int:
     """Run a long tool command (a package install) to its end, appending its stdout and
-    stderr, as they come, to each file in ``logs``; return its exit code (127 if it
-    cannot start, 128 + signal if a signal ended it)."""
+    stderr, as they come, to each file in ``logs``; return its exit code (127 if it cannot
+    start, 128 + signal if a signal ended it). It runs under the reaper, so it and its
+    children stop when this process dies, even by SIGKILL."""
     import subprocess
 
+    reaper = [sys.executable, "-I", "-S", jobtree.__file__, "reap", "--", *argv]
     sinks = [open(path, "ab") for path in logs]  # noqa: SIM115 - closed below
     try:
-        try:
-            child = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                env=None if env is None else dict(env),
-                cwd=None if cwd is None else str(cwd),
-            )
-        except OSError as exc:
-            _tee(sinks, f"{argv[0]}: {exc}\n".encode())
-            return 127
-        with child:
+        with subprocess.Popen(
+            reaper,
+            stdin=subprocess.PIPE,  # held open: EOF tells the reaper that we died
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else dict(env),
+            cwd=None if cwd is None else str(cwd),
+        ) as child:
             if child.stdout is not None:  # always, with stdout=PIPE
                 out = child.stdout.fileno()
                 for chunk in iter(lambda: os.read(out, 65536), b""):
                     _tee(sinks, chunk)
-        code = child.wait()
-        return 128 - code if code < 0 else code
+        return child.returncode
     finally:
         for sink in sinks:
             sink.close()

@@ -1,0 +1,216 @@
+"""Jobs in Docker for real: MPI ranks in a container, timeouts and resume, fail-fast,
+the supervisor's death, the image cache, and the Chainer example.
+
+Full builds start FROM local/debian:bookworm (scripts/install-docker.sh makes it with
+debootstrap: no registry is reachable here), through FITDOCK_BASE_IMAGE."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fitdock import Chainer, Estimator, Mpi, Run, RunStatus
+
+pytestmark = pytest.mark.docker
+
+BASE = "local/debian:bookworm"
+PACKAGES = ["numpy<2", "mpi4py", "mpich"]
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+JOB = """\
+import json, os, sys, time
+from fitdock import Run
+ctx = Run.get_context()
+import numpy
+from mpi4py import MPI
+total = MPI.COMM_WORLD.allreduce(ctx.rank + 1)
+record = {"rank": ctx.rank, "size": ctx.world_size, "uid": os.getuid(), "sum": total,
+          "numpy": numpy.__version__}
+(ctx.output_dir / f"rank{ctx.rank}.json").write_text(json.dumps(record))
+ctx.log("sum", total)
+if len(sys.argv) > 1 and sys.argv[1] == "fail" and ctx.rank == 1:
+    print("rank 1: out of memory", file=sys.stderr, flush=True)
+    sys.exit(3)
+if len(sys.argv) > 1:
+    (ctx.output_dir / f"pid{ctx.rank}").write_text(str(os.getpid()))
+    time.sleep(60)
+"""
+
+STEPS = 20
+TRAIN = f"""\
+import json, os, time
+from fitdock import Run
+ctx = Run.get_context()
+state, step = 1, 0
+if ctx.resume_dir is not None and (ctx.resume_dir / "state.json").exists():
+    saved = json.loads((ctx.resume_dir / "state.json").read_text())
+    state, step = saved["state"], saved["step"]
+ctx.log("start_step", step)
+while step < {STEPS}:
+    state = (state * 1103515245 + 12345) % 2**31
+    step += 1
+    tmp = ctx.checkpoint_dir / "state.json.tmp"
+    tmp.write_text(json.dumps({{"state": state, "step": step}}))
+    os.replace(tmp, ctx.checkpoint_dir / "state.json")
+    time.sleep(0.25)
+(ctx.output_dir / "final.json").write_text(json.dumps({{"state": state, "step": step}}))
+"""
+
+
+@pytest.fixture(autouse=True)
+def local_base(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FITDOCK_BASE_IMAGE", BASE)
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "job.py").write_text(JOB)
+    (src / "train.py").write_text(TRAIN)
+    return src
+
+
+def in_docker(source: Path, *args: str, script: str = "job.py", **kwargs: object) -> Estimator:
+    options: dict[str, object] = {
+        "process_count_per_node": 2,
+        "distributed_training": Mpi(),
+        "max_run_duration_seconds": 300,
+        **kwargs,
+    }
+    return Estimator(
+        source, entry_script=script, script_params=list(args), pip_packages=PACKAGES,
+        use_docker=True, termination_grace_seconds=2, **options,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def containers(run_id: str) -> str:
+    done = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"name=fitdock-{run_id}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def test_two_mpi_ranks_in_a_container_then_a_cache_hit(source: Path) -> None:
+    first = in_docker(source).fit()
+    assert first.status is RunStatus.COMPLETED, first.error
+    for rank in (0, 1):
+        record = json.loads((first.output_dir / f"rank{rank}.json").read_text())
+        assert record == {
+            "rank": rank,
+            "size": 2,
+            "uid": os.getuid(),
+            "sum": 3,
+            "numpy": record["numpy"],
+        }
+        assert record["numpy"].startswith("1.")
+    assert first.get_metrics() == {"sum": [3, 3]}
+    second = in_docker(source).fit()
+    assert second.status is RunStatus.COMPLETED, second.error
+    build = second.record["environment_build"]
+    assert (build["built"], build["layers_built"]) == (False, 0)
+    assert build["image"] == first.record["environment_build"]["image"]
+    assert build["seconds"] < 1.0
+    assert not containers(first.id) and not containers(second.id)
+
+
+def test_a_failing_rank_in_a_container_stops_the_other(source: Path) -> None:
+    run = in_docker(source, "fail").fit()
+    assert run.status is RunStatus.FAILED
+    assert run.error is not None
+    assert (run.error["rank"], run.error["exit_code"]) == (1, 3)
+    assert "out of memory" in run.error["stderr_tail"]
+    other, failed = run.record["ranks"]["0"], run.record["ranks"]["1"]
+    assert other is None or other["ended"] - failed["ended"] < 5.0  # stopped within 5 s
+    assert not containers(run.id)
+
+
+def test_timeout_then_resume_in_a_container_ends_like_an_uninterrupted_run(source: Path) -> None:
+    single = {"process_count_per_node": 1, "distributed_training": None}
+    whole = in_docker(source, script="train.py", **single).fit()
+    cut = in_docker(source, script="train.py", max_run_duration_seconds=2.5, **single).fit()
+    assert whole.status is RunStatus.COMPLETED, whole.error
+    assert cut.status is RunStatus.TIMED_OUT
+    saved = json.loads((cut.checkpoint_dir / "state.json").read_text())
+    assert 0 < saved["step"] < STEPS
+    resumed = in_docker(source, script="train.py", resume_from=cut, **single).fit()
+    assert resumed.status is RunStatus.COMPLETED, resumed.error
+    assert resumed.get_metrics("start_step") == {"start_step": [saved["step"]]}
+    final = [json.loads((r.output_dir / "final.json").read_text()) for r in (whole, resumed)]
+    assert final[0] == final[1]
+    assert not containers(cut.id)
+
+
+PARENT = """\
+import sys
+from fitdock import Estimator, Mpi
+est = Estimator(sys.argv[1], entry_script="job.py", script_params=["sleep"],
+                pip_packages={packages!r}, use_docker=True, process_count_per_node=2,
+                distributed_training=Mpi())
+run = est.fit(wait=False)
+print(run.id, flush=True)
+run.wait_for_completion(raise_on_error=False)
+"""
+
+
+def test_the_container_stops_when_its_supervisor_is_killed(source: Path) -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT.format(packages=PACKAGES), str(source)],
+        stdout=subprocess.PIPE, text=True, env=os.environ,
+    )  # fmt: skip
+    assert parent.stdout is not None
+    run_id = parent.stdout.readline().strip()
+    run = Run(run_id)
+    deadline = time.monotonic() + 120
+    while not (run.output_dir / "pid1").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert containers(run_id), "the job should be running in its container"
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    parent.stdout.close()
+    killed = time.monotonic()
+    while containers(run_id) and time.monotonic() - killed < 15:
+        time.sleep(0.1)
+    assert not containers(run_id), "the container outlived its supervisor"
+    assert time.monotonic() - killed < 10
+    assert run.status is RunStatus.FAILED
+    assert run.error is not None and run.error["reason"] == "lost_supervisor"
+
+
+def test_a_failing_image_build_fails_the_run_with_the_step(source: Path) -> None:
+    est = Estimator(
+        source,
+        entry_script="job.py",
+        pip_packages=["fitdock-no-such-package-xyz==1.0"],
+        use_docker=True,
+    )
+    run = est.fit()
+    assert run.status is RunStatus.FAILED
+    assert run.error is not None and run.error["reason"] == "environment_build"
+    assert "RUN" in run.error.get("step", "") or "RUN" in run.error["message"]
+    assert (run.log_dir / "image-build.log").exists()
+
+
+@pytest.mark.chainer
+@pytest.mark.slow
+def test_chainer_example_with_two_ranks_in_its_curated_image() -> None:
+    est = Chainer(
+        source_directory=EXAMPLES / "chainer_mnist", entry_script="train.py",
+        script_params={"--epochs": 2}, process_count_per_node=2, distributed_training=Mpi(),
+        use_docker=True, max_run_duration_seconds=900,
+    )  # fmt: skip
+    run = est.fit()
+    assert run.status is RunStatus.COMPLETED, run.error
+    hashes = {(run.output_dir / f"params_rank{r}.sha256").read_text() for r in (0, 1)}
+    assert len(hashes) == 1
+    assert len(run.get_metrics()["loss"]) == 2
