@@ -6,10 +6,10 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fitdock.cli_env import add_env, add_images, columns
 from fitdock.errors import FitdockError
 
 EPILOG = """examples:
@@ -19,6 +19,8 @@ EPILOG = """examples:
   fitdock runs list
   fitdock runs logs RUN_ID --follow
   fitdock env show chainer-7.8.1-cpu
+  fitdock env build chainer-7.8.1-cpu && fitdock env list --cached
+  fitdock images build chainer-7.8.1-cpu --base local/debian:bookworm
 """
 
 RUN_HELP = """Run a training job, from flags or a YAML job file whose keys are the estimator's
@@ -38,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run(sub)
     _add_runs(sub)
-    _add_env(sub)
+    add_env(sub)
+    add_images(sub)
     return parser
 
 
@@ -104,15 +107,6 @@ def _add_runs(sub: Any) -> None:
             action.add_argument(
                 "-f", "--follow", action="store_true", help="follow until the run ends"
             )
-
-
-def _add_env(sub: Any) -> None:
-    env = sub.add_parser("env", help="curated environments", description="The curated catalogue.")
-    esub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
-    esub.add_parser("list", help="one line per catalogue row").set_defaults(func=cmd_env_list)
-    show = esub.add_parser("show", help="one environment in full, as YAML")
-    show.add_argument("name", help="a name from `fitdock env list`")
-    show.set_defaults(func=cmd_env_show)
 
 
 # ---------------------------------------------------------------------- run
@@ -232,7 +226,7 @@ def cmd_runs_list(ns: argparse.Namespace) -> int:
                 record.get("ended_at") or "-",
             )
         )
-    print(_columns(("ID", "STATUS", "RANKS", "STARTED", "ENDED"), rows))
+    print(columns(("ID", "STATUS", "RANKS", "STARTED", "ENDED"), rows))
     return 0
 
 
@@ -274,55 +268,6 @@ def cmd_runs_cancel(ns: argparse.Namespace) -> int:
     run.cancel()
     print(f"cancel requested for run {run.id}")
     return 0
-
-
-# ---------------------------------------------------------------------- env
-def cmd_env_list(ns: argparse.Namespace) -> int:
-    from fitdock.environments.catalogue import load_catalogue
-
-    rows = []
-    for row in load_catalogue().rows:
-        buildable = "yes" if row.buildable else f"no, use {row.replaced_by}"
-        device = "gpu" if row.gpu else "cpu"
-        rows.append(
-            (
-                row.name,
-                row.framework,
-                row.framework_version,
-                device,
-                row.python_version,
-                row.platform.cuda or "-",
-                buildable,
-            )
-        )
-    print(_columns(("NAME", "FRAMEWORK", "VERSION", "DEVICE", "PYTHON", "CUDA", "BUILDABLE"), rows))
-    return 0
-
-
-def cmd_env_show(ns: argparse.Namespace) -> int:
-    import yaml
-
-    from fitdock.environments.catalogue import load_catalogue
-
-    row = load_catalogue().get(ns.name)
-    env = row.to_environment()
-    doc = {
-        "hash": env.hash(),
-        "buildable": row.buildable,
-        "replaced_by": row.replaced_by,
-        **env.model_dump(mode="json"),
-    }
-    print(yaml.safe_dump(doc, sort_keys=False), end="")
-    return 0
-
-
-def _columns(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=True)]
-    lines = [
-        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
-    ]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
