@@ -207,7 +207,7 @@ def test_chainer_example_with_two_ranks_in_its_curated_image() -> None:
     est = Chainer(
         source_directory=EXAMPLES / "chainer_mnist", entry_script="train.py",
         script_params={"--epochs": 2}, process_count_per_node=2, distributed_training=Mpi(),
-        use_docker=True, max_run_duration_seconds=900,
+        use_docker=True, max_run_duration_seconds=900, hang_timeout_seconds=120,
     )  # fmt: skip
     run = est.fit()
     assert run.status is RunStatus.COMPLETED, run.error

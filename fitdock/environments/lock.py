@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from packaging.utils import canonicalize_name
 
 from fitdock.environments.spec import Environment
 from fitdock.errors import EnvironmentResolutionError, NotAvailableError, SpecError
@@ -188,12 +189,21 @@ def run_uv(args: Sequence[str], *, logs: Sequence[Path], cwd: Path) -> None:
 
 
 def installed_packages(python: Path) -> list[str]:
-    """``name==version`` of each distribution installed for ``python``."""
-    argv = [uv_binary(), "pip", "list", "--python", str(python), "--format", "json", "-q"]
-    code, out = process.capture(argv, timeout=60)
-    if code != 0:
-        raise EnvironmentResolutionError(f"`uv pip list` failed for {python}: {out.strip()}")
-    return sorted(f"{item['name']}=={item['version']}" for item in json.loads(out))
+    """``name==version`` of each distribution in the virtualenv of ``python``, read from its
+    ``*.dist-info/METADATA`` files (no subprocess: this runs on every build)."""
+    found = set()
+    venv = python.parent.parent
+    for metadata in venv.glob("lib/python*/site-packages/*.dist-info/METADATA"):
+        fields: dict[str, str] = {}
+        with metadata.open(errors="replace") as handle:
+            for line in handle:
+                if not line.strip():
+                    break  # the headers end at the first blank line
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+        if "Name" in fields and "Version" in fields:
+            found.add(f"{canonicalize_name(fields['Name'])}=={fields['Version']}")
+    return sorted(found)
 
 
 def note(logs: Sequence[Path], line: str) -> None:

@@ -244,8 +244,7 @@ def _build(plan: _Plan, env: Environment, interpreter: Path, log: Path | None) -
             cwd=plan.root,
         )
         _install(plan, env, tmp, logs)
-        python = tmp / "bin" / "python"
-        run_uv(["pip", "check", "--python", str(python)], logs=logs, cwd=plan.root)
+        python = tmp / "bin" / "python"  # uv resolved the set: no `pip check` needed
         packages = installed_packages(python)
         write_json_atomic(tmp / MARKER, _marker(plan, env, interpreter, packages, started))
         (tmp / LAST_USED).touch()

@@ -5,7 +5,9 @@ first attempt the image is built once per environment hash (``environments.image
 ``FITDOCK_BASE_IMAGE`` replaces the curated base of a full build (for machines that
 reach no registry). The container sees the run folder at the same path, read-write,
 so logs, exit records, checkpoints and outputs land in the run as on the local
-target; fitdock's stdlib-only run API is mounted read-only and put on PYTHONPATH.
+target. ``shm_size`` defaults to 2g (Azure's default), and jobs of several ranks get
+``--cap-add SYS_PTRACE`` so that MPI's shared-memory transport works. fitdock's
+stdlib-only run API is mounted read-only and put on PYTHONPATH.
 Inside, a reaper of its own (``jobtree.py reap``) runs the ranks; the reaper here
 relays orders to it through ``docker run -i``'s stdin, and when fitdock dies that
 stdin closes and the job stops. The container runs as the calling user's uid.
@@ -30,6 +32,7 @@ from fitdock.launchers.variables import free_port, job_variables
 from fitdock.runs.store import RunDir
 
 NAME = "docker"
+DEFAULT_SHM = "2g"  # Azure ML's default; Docker's own 64 MB is too small for data loaders
 LIBRARY = "/opt/fitdock/lib"  # where fitdock's package is mounted in the container
 JOBTREE = f"{LIBRARY}/fitdock/launchers/jobtree.py"
 
@@ -126,8 +129,11 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
     for path in spec.inputs.values():
         argv += ["-v", f"{path}:{path}:ro"]
     docker = spec.environment.docker
-    if docker.shm_size:
-        argv += ["--shm-size", docker.shm_size]
+    argv += ["--shm-size", docker.shm_size or DEFAULT_SHM]
+    if spec.world_size > 1:
+        # MPI moves data between local ranks with cross-memory attach (process_vm_readv),
+        # which Docker's default seccomp profile allows only with this capability.
+        argv += ["--cap-add", "SYS_PTRACE"]
     if spec.use_gpu:
         argv += ["--gpus", "all"]
     for name in sorted(env):
