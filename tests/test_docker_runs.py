@@ -214,3 +214,28 @@ def test_chainer_example_with_two_ranks_in_its_curated_image() -> None:
     hashes = {(run.output_dir / f"params_rank{r}.sha256").read_text() for r in (0, 1)}
     assert len(hashes) == 1
     assert len(run.get_metrics()["loss"]) == 2
+
+
+COLD_FIT = """\
+import sys
+from fitdock import Estimator
+est = Estimator(sys.argv[1], entry_script="train.py", pip_packages={packages!r}, use_docker=True,
+                environment_variables={{"COLD": sys.argv[2]}}, script_params=["--quick"])
+run = est.fit()
+print(run.id, run.status.value, run.record["environment_build"]["built"], flush=True)
+"""
+
+
+def test_four_concurrent_fits_of_a_cold_environment_build_it_once(source: Path) -> None:
+    (source / "train.py").write_text("print('quick')\n")
+    cold = f"{os.getpid()}-{time.time_ns()}"  # a variable no image has yet: a new hash
+    script = COLD_FIT.format(packages=PACKAGES)
+    fits = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(source), cold], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    results = [fit.communicate(timeout=600)[0].split() for fit in fits]
+    assert [r[1] for r in results] == ["Completed"] * 4, results
+    assert sorted(r[2] for r in results) == ["False", "False", "False", "True"]
