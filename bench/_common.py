@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import platform
+import select
 import statistics
+import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -85,3 +92,76 @@ def fit_within(estimator: Estimator, limit: float, report: Report) -> Fitted:
         report.warn(f"{estimator!r}: fit() still running after {limit:g} s; counted as {limit:g} s")
         return Fitted(None, start, start + limit)
     return Fitted(box["run"], start, box["end"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Watching processes exit
+# ---------------------------------------------------------------------------------------------
+class PidWatcher:
+    """In a thread: get the pids to watch (``pids()``, which may wait for pid files), call
+    ``watching()``, then stamp with ``clock`` the moment each of those processes exits."""
+
+    def __init__(self, limit: float, clock: Callable[[], float]) -> None:
+        self.limit = limit
+        self.clock = clock
+        self.exits: dict[int, float] = {}
+        self.pending = 0
+        self._thread = threading.Thread(target=self._watch, name="bench-watch", daemon=True)
+        self._thread.start()
+
+    def pids(self) -> list[int]:
+        raise NotImplementedError
+
+    def watching(self) -> None:
+        """Called once the pidfds are open (a script may wait for this to die)."""
+
+    def read_pid_files(self, files: list[Path]) -> list[int]:
+        """The pids written in ``files`` (all of them), waiting up to ``limit`` for them."""
+        end = time.monotonic() + self.limit
+        while time.monotonic() < end:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                return [int(word) for path in files for word in path.read_text().split()]
+            time.sleep(0.002)
+        return []
+
+    def _watch(self) -> None:
+        fds: dict[int, int] = {}
+        pids = self.pids()
+        for pid in pids:
+            try:
+                fds[os.pidfd_open(pid)] = pid
+            except ProcessLookupError:
+                self.exits[pid] = self.clock()
+        self.watching()
+        while fds:
+            ready, _, _ = select.select(list(fds), [], [], self.limit)
+            if not ready:
+                break
+            now = self.clock()
+            for fd in ready:
+                self.exits[fds.pop(fd)] = now
+                os.close(fd)
+        self.pending = len(fds) if pids else 1
+        for fd in fds:
+            os.close(fd)
+
+    def last_exit(self, timeout: float) -> float | None:
+        """When the last watched process exited; None if one is unaccounted for."""
+        self._thread.join(timeout)
+        if self._thread.is_alive() or self.pending or not self.exits:
+            return None
+        return max(self.exits.values())
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """What the numbers were measured on (for --json)."""
+    from fitdock import __version__
+
+    return {
+        "python": sys.version.split()[0],
+        "executable": sys.executable,
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+        "fitdock": __version__,
+        **extra,
+    }

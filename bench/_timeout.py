@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import os
-import select
 import statistics
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from _common import FIT_LIMIT_S, Report, fit_within
+from _common import FIT_LIMIT_S, PidWatcher, Report, fit_within
 
 if TYPE_CHECKING:
     from fitdock import Run
@@ -23,50 +19,16 @@ GRACE_S = 1.0
 WATCH_LIMIT_S = 30.0  # give up on a (c) process that outlives this
 
 
-class ExitWatcher:
-    """In a thread: wait for the pid file a sleep script writes (its pid, its rank wrapper's,
-    the reaper's) and stamp, with perf_counter(), the moment each of those processes exits."""
+class ExitWatcher(PidWatcher):
+    """Wait for the pid file a sleep script writes (its pid, its rank wrapper's, the
+    reaper's) and stamp, with perf_counter(), the moment each of those processes exits."""
 
     def __init__(self, pid_file: Path) -> None:
         self.pid_file = pid_file
-        self.exits: dict[int, float] = {}
-        self.pending = 0
-        self._thread = threading.Thread(target=self._watch, name="bench-watch", daemon=True)
-        self._thread.start()
+        super().__init__(WATCH_LIMIT_S, time.perf_counter)
 
-    def _read_pids(self) -> list[int]:
-        end = time.monotonic() + WATCH_LIMIT_S
-        while time.monotonic() < end:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                return [int(word) for word in self.pid_file.read_text().split()]
-            time.sleep(0.002)
-        return []
-
-    def _watch(self) -> None:
-        fds: dict[int, int] = {}
-        for pid in self._read_pids():
-            try:
-                fds[os.pidfd_open(pid)] = pid
-            except ProcessLookupError:
-                self.exits[pid] = time.perf_counter()
-        while fds:
-            ready, _, _ = select.select(list(fds), [], [], WATCH_LIMIT_S)
-            if not ready:
-                break
-            now = time.perf_counter()
-            for fd in ready:
-                self.exits[fds.pop(fd)] = now
-                os.close(fd)
-        self.pending = len(fds)
-        for fd in fds:
-            os.close(fd)
-
-    def last_exit(self, timeout: float) -> float | None:
-        """When the last watched process exited; None if one is unaccounted for."""
-        self._thread.join(timeout)
-        if self._thread.is_alive() or self.pending or not self.exits:
-            return None
-        return max(self.exits.values())
+    def pids(self) -> list[int]:
+        return self.read_pid_files([self.pid_file])
 
 
 def timeout_run(work: Path, pid_dir: Path, script: str, report: Report) -> dict[str, float]:

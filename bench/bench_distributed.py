@@ -18,20 +18,17 @@ import argparse
 import contextlib
 import json
 import os
-import platform
-import select
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from _common import Report, fit_within
+from _common import PidWatcher, Report, fit_within, machine
 
 if TYPE_CHECKING:
     from fitdock import Estimator
@@ -198,53 +195,20 @@ def report_ddp(report: Report, rates: dict[str, list[float]], ratios: list[float
 # ---------------------------------------------------------------------------------------------
 # (e) rank death -> last rank gone
 # ---------------------------------------------------------------------------------------------
-class RankWatcher:
-    """In a thread: wait for every rank's pid file, open a pidfd on each, tell rank 1 to die
-    (the ``watching`` file) and stamp, with time.time(), the moment each rank exits."""
+class RankWatcher(PidWatcher):
+    """Wait for every rank's pid file, open a pidfd on each, tell rank 1 to die (the
+    ``watching`` file) and stamp, with time.time(), the moment each rank exits."""
 
     def __init__(self, folder: Path, ranks: int) -> None:
         self.folder = folder
         self.ranks = ranks
-        self.exits: dict[int, float] = {}
-        self.pending = ranks
-        self._thread = threading.Thread(target=self._watch, name="bench-ranks", daemon=True)
-        self._thread.start()
+        super().__init__(DEATH_LIMIT_S, time.time)
 
-    def _pids(self) -> list[int]:
-        files = [self.folder / f"rank_{rank}.pid" for rank in range(self.ranks)]
-        end = time.monotonic() + DEATH_LIMIT_S
-        while time.monotonic() < end:
-            with contextlib.suppress(FileNotFoundError, ValueError):
-                return [int(path.read_text()) for path in files]
-            time.sleep(0.002)
-        return []
+    def pids(self) -> list[int]:
+        return self.read_pid_files([self.folder / f"rank_{rank}.pid" for rank in range(self.ranks)])
 
-    def _watch(self) -> None:
-        fds: dict[int, int] = {}
-        for pid in self._pids():
-            try:
-                fds[os.pidfd_open(pid)] = pid
-            except ProcessLookupError:
-                self.exits[pid] = time.time()
+    def watching(self) -> None:
         (self.folder / "watching").touch()
-        while fds:
-            ready, _, _ = select.select(list(fds), [], [], DEATH_LIMIT_S)
-            if not ready:
-                break
-            now = time.time()
-            for fd in ready:
-                self.exits[fds.pop(fd)] = now
-                os.close(fd)
-        self.pending = len(fds) if self.exits else self.ranks
-        for fd in fds:
-            os.close(fd)
-
-    def last_exit(self, timeout: float) -> float | None:
-        """When the last rank exited; None if one is unaccounted for."""
-        self._thread.join(timeout)
-        if self._thread.is_alive() or self.pending or not self.exits:
-            return None
-        return max(self.exits.values())
 
 
 def death_estimator(work: Path, folder: Path, launcher: str) -> Estimator:
@@ -355,16 +319,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def environment() -> dict[str, Any]:
     import torch
 
-    from fitdock import __version__
-
-    return {
-        "python": sys.version.split()[0],
-        "executable": sys.executable,
-        "cpus": os.cpu_count(),
-        "machine": platform.platform(),
-        "fitdock": __version__,
-        "torch": torch.__version__,
-    }
+    return machine(torch=torch.__version__)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,9 +38,9 @@ def without_wrapper(argv: list[str]) -> list[str]:
     return argv[: mode - 4] + argv[mode + 3 :]
 
 
-def timed(action: object) -> float:
+def timed(action: Callable[[], None]) -> float:
     start = time.perf_counter()
-    action()  # type: ignore[operator]
+    action()
     return time.perf_counter() - start
 
 
@@ -78,8 +79,10 @@ def main(argv: list[str] | None = None) -> int:
         def mpirun() -> None:
             subprocess.run(raw, env=env, cwd=source, check=True, capture_output=True)
 
-        fit(), mpirun()  # warm up both
-        fitdock_s, raw_s = [], []
+        fit()  # warm up both
+        mpirun()
+        fitdock_s: list[float] = []
+        raw_s: list[float] = []
         for index in range(args.repeat):
             order = [(fitdock_s, fit), (raw_s, mpirun)]
             for samples, action in order if index % 2 == 0 else reversed(order):

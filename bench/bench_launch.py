@@ -17,7 +17,6 @@ import contextlib
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from _common import FIT_LIMIT_S, SCRIPTS, Report, fit_within, median_ms
+from _common import FIT_LIMIT_S, SCRIPTS, Report, fit_within, machine, median_ms
 from _timeout import bench_timeout
 
 TARGET_ADDED_MS = 150.0
@@ -278,15 +277,7 @@ def write_scripts(folder: Path) -> Path:
 
 
 def environment() -> dict[str, Any]:
-    from fitdock import __version__
-
-    return {
-        "python": sys.version.split()[0],
-        "executable": sys.executable,
-        "cpus": os.cpu_count(),
-        "machine": platform.platform(),
-        "fitdock": __version__,
-    }
+    return machine()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ stdin closes and the job stops. The container runs as the calling user's uid.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,7 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
     inner = _inner_command(spec, run, python, env)
     argv = ["docker", "run", "-i", "--rm", "--name", f"fitdock-{run.id}"]
     argv += ["--user", f"{os.getuid()}:{os.getgid()}", "--workdir", str(run.snapshot)]
-    argv += ["--stop-timeout", str(int(spec.termination_grace_seconds) + 1)]
+    argv += ["--stop-timeout", str(math.ceil(spec.termination_grace_seconds))]
     argv += [
         "-v",
         f"{run.path}:{run.path}",
