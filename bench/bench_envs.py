@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 from fitdock.environments.catalogue import load_catalogue
-from fitdock.environments.lock import FitdockSource, find_interpreter, uv_binary, uv_environ
 from fitdock.environments.spec import Environment
+from fitdock.environments.uvtool import FitdockSource, find_interpreter, uv_binary, uv_environ
 from fitdock.environments.venv import ensure_venv
 
 BASE = "local/debian:bookworm"

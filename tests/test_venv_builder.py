@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from helpers import wait_until
 
-from fitdock.environments import lock as lockmod
+from fitdock.environments import uvtool as lockmod
 from fitdock.environments.spec import Environment, PythonSection
 from fitdock.environments.venv import (
     MARKER,

@@ -34,19 +34,21 @@ from typing import Any
 
 from fitdock.environments.lock import (
     LOCK_KEY,
-    FitdockSource,
     default_lock_path,
+    python_key,
+    python_version_of,
+    sha256_json,
+)
+from fitdock.environments.spec import Environment
+from fitdock.environments.uvtool import (
+    FitdockSource,
     find_interpreter,
     installed_packages,
     note,
-    python_key,
-    python_version_of,
     run_uv,
-    sha256_json,
     uv_options,
     version_of,
 )
-from fitdock.environments.spec import Environment
 from fitdock.errors import EnvironmentResolutionError, NotAvailableError, SpecError
 from fitdock.runs.store import fitdock_home, write_json_atomic
 
