@@ -101,6 +101,7 @@ def containers(run_id: str) -> str:
     return done.stdout.strip()
 
 
+@pytest.mark.timeout(900)  # the first test here builds the image
 def test_two_mpi_ranks_in_a_container_then_a_cache_hit(source: Path) -> None:
     first = in_docker(source).fit()
     assert first.status is RunStatus.COMPLETED, first.error
@@ -203,6 +204,7 @@ def test_a_failing_image_build_fails_the_run_with_the_step(source: Path) -> None
 
 @pytest.mark.chainer
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # a cold machine builds Chainer's sdist in the image first
 def test_chainer_example_with_two_ranks_in_its_curated_image() -> None:
     est = Chainer(
         source_directory=EXAMPLES / "chainer_mnist", entry_script="train.py",
