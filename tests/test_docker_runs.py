@@ -122,6 +122,7 @@ def test_two_mpi_ranks_in_a_container_then_a_cache_hit(source: Path) -> None:
     assert (build["built"], build["layers_built"]) == (False, 0)
     assert build["image"] == first.record["environment_build"]["image"]
     assert build["seconds"] < 1.0
+    assert any(line.startswith("mpi4py==") for line in build["packages"])  # what is installed
     assert not containers(first.id) and not containers(second.id)
 
 

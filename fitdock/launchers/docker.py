@@ -80,7 +80,26 @@ def prepare(spec: JobSpec, run: RunDir, show_output: bool = False) -> dict[str, 
         "seconds": round(built.seconds, 3),
         "layers_built": built.layers_built,
         "tier": built.tier.value,
+        "packages": installed_packages(built.tag, built.tier),
     }
+
+
+def installed_packages(tag: str, tier: BuildTier) -> list[str]:
+    """``pip freeze`` of the image's venv, asked once per image and kept beside the image
+    logs (an image's contents never change under its tag)."""
+    if tier is BuildTier.AS_IS:
+        return []  # the user's image: fitdock does not know its Python
+    from fitdock.environments.image import docker_client
+    from fitdock.runs.store import fitdock_home
+
+    kept = fitdock_home() / "images" / f"{tag.replace(':', '_')}.packages.txt"
+    if not kept.is_file():
+        output = docker_client().containers.run(
+            tag, [f"{VENV}/bin/python", "-m", "pip", "freeze"], remove=True, network_mode="none"
+        )
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_bytes(output)
+    return [line for line in kept.read_text().splitlines() if line.strip()]
 
 
 def _python(spec: JobSpec) -> str:
