@@ -37,7 +37,7 @@ record = {"rank": ctx.rank, "size": ctx.world_size, "uid": os.getuid(), "sum": t
 ctx.log("sum", total)
 if len(sys.argv) > 1 and sys.argv[1] == "fail" and ctx.rank == 1:
     print("rank 1: out of memory", file=sys.stderr, flush=True)
-    sys.exit(3)
+    os._exit(3)  # no interpreter teardown: torch/MPI finalizers could turn 3 into an abort
 if len(sys.argv) > 1:
     (ctx.output_dir / f"pid{ctx.rank}").write_text(str(os.getpid()))
     time.sleep(60)
