@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 from fitdock.errors import LauncherNotFoundError
-from fitdock.estimators.distribution import Horovod
-from fitdock.launchers.mpi import Flavor, MpiLauncher, find_launcher
+from fitdock.estimators.distribution import Horovod, Mpi
+from fitdock.launchers import mpi
+from fitdock.launchers.mpi import Flavor, MpiLauncher
 from fitdock.launchers.process import capture
 
 
@@ -62,6 +63,14 @@ def built_flavor() -> Flavor | None:
     return None
 
 
+def mpi_job(config: Mpi | Horovod) -> tuple[MpiLauncher, Mpi]:
+    """The mpirun and the MPI settings of a job started by mpirun: Horovod's MPI controller
+    is an MPI job whose mpirun is the one of the MPI Horovod was built with."""
+    if isinstance(config, Horovod):
+        return mpi_for(config), config.as_mpi()
+    return mpi.find_launcher(config), config
+
+
 def mpi_for(config: Horovod) -> MpiLauncher:
     """The mpirun for a Horovod job: the one named, else one of the MPI Horovod was built with."""
-    return find_launcher(config.as_mpi(), None if config.mpirun else built_flavor())
+    return mpi.find_launcher(config.as_mpi(), None if config.mpirun else built_flavor())

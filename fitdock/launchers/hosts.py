@@ -68,22 +68,18 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
     if hosts.interface:
         env.update(GLOO_SOCKET_IFNAME=hosts.interface, NCCL_SOCKET_IFNAME=hosts.interface)
     config = spec.distribution
-    launcher = None
-    if isinstance(config, Horovod):
-        if config.launcher != "mpirun":
-            raise NotAvailableError(
-                "Horovod on the hosts target runs through mpirun (the MPI controller): "
-                "pass Horovod(launcher='mpirun')"
-            )
-        launcher = horovod.mpi_for(config)
-        config = config.as_mpi()
+    if isinstance(config, Horovod) and config.launcher != "mpirun":
+        raise NotAvailableError(
+            "Horovod on the hosts target runs through mpirun (the MPI controller): "
+            "pass Horovod(launcher='mpirun')"
+        )
     listed = ", ".join(f"{h.name}:{h.slots}" for h in used)
     notes = [f"hosts: {listed}; agent: {shlex.join(hosts.agent_argv())}"]
     if isinstance(config, PyTorchConfiguration):
         env.update(torchrun_env(config))
         commands = _torchrun_commands(spec, hosts, python, wrapped, env, run)
-    elif isinstance(config, Mpi):
-        launcher = launcher or mpi.find_launcher(config)
+    elif isinstance(config, (Mpi, Horovod)):
+        launcher, config = horovod.mpi_job(config)
         env.update(mpi.mpi_env(launcher))
         commands = [_mpi_argv(launcher, config, hosts, spec, env, wrapped, run)]
     else:

@@ -98,10 +98,7 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
                 [os.path.dirname(launcher.path), os.environ.get("PATH", "")]
             )
     elif isinstance(config, (Mpi, Horovod)):
-        launcher = (
-            horovod.mpi_for(config) if isinstance(config, Horovod) else mpi.find_launcher(config)
-        )
-        config = config.as_mpi() if isinstance(config, Horovod) else config
+        launcher, config = horovod.mpi_job(config)
         argv = mpi.mpi_argv(launcher, config, spec.world_size, wrapped)
         env.update(mpi.mpi_env(launcher))
         env["FITDOCK_MPI"] = f"{launcher.flavor.value} {launcher.version}".strip()
@@ -118,5 +115,9 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
         cwd=str(run.snapshot),
         world_size=spec.world_size,
         interpreter=python,
-        notes=[f"user-managed environment: {python} as it is"],
+        notes=[
+            f"user-managed environment: {python} as it is"
+            if spec.environment.python.user_managed_dependencies
+            else f"virtualenv of environment {spec.environment.name!r}: {python}"
+        ],
     )
