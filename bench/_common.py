@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import select
@@ -56,6 +57,14 @@ class Report:
 
     def warn(self, text: str) -> None:
         self.warnings.append(text)
+
+    def finish(self, json_path: Path | None, environment: Callable[[], dict[str, Any]]) -> None:
+        """Print the warnings; with ``--json``, write every number and the machine."""
+        for text in self.warnings:
+            self.emit(f"bench warning: {text}")
+        if json_path is not None:
+            self.data.update(environment=environment(), warnings=self.warnings)
+            json_path.write_text(json.dumps(self.data, indent=2) + "\n")
 
 
 def median_ms(samples: list[float]) -> float:

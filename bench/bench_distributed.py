@@ -333,11 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir()
         bench_ddp(root, report, args.repeat)
         bench_death(work, root, report, args.repeat)
-    for text in report.warnings:
-        report.emit(f"bench warning: {text}")
-    if json_path is not None:
-        report.data.update(environment=environment(), warnings=report.warnings)
-        json_path.write_text(json.dumps(report.data, indent=2) + "\n")
+    report.finish(json_path, environment)
     return 0
 
 

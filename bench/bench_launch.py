@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -291,11 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         with inside(work):
             bench_launch(work, root, report, args.repeat)
             bench_timeout(work, root / "pids", report, args.repeat)
-    for text in report.warnings:
-        report.emit(f"bench warning: {text}")
-    if json_path is not None:
-        report.data.update(environment=environment(), warnings=report.warnings)
-        json_path.write_text(json.dumps(report.data, indent=2) + "\n")
+    report.finish(json_path, environment)
     return 0
 
 
