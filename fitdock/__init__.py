@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from fitdock.environments.spec import Environment
     from fitdock.errors import FitdockError
     from fitdock.estimators.base import Estimator
-    from fitdock.estimators.compute import Hosts
+    from fitdock.estimators.compute import Hosts, Slurm
     from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
     from fitdock.estimators.frameworks import Chainer, PyTorch
     from fitdock.runs.run import Run
@@ -39,6 +39,7 @@ _EXPORTS = {
     "PyTorch": "fitdock.estimators.frameworks",
     "Run": "fitdock.runs.run",
     "RunStatus": "fitdock.runs.status",
+    "Slurm": "fitdock.estimators.compute",
 }
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "PyTorchConfiguration",
     "Run",
     "RunStatus",
+    "Slurm",
     "__version__",
 ]
 

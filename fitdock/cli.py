@@ -70,7 +70,25 @@ def _add_run(sub: Any) -> None:
     )
     run.add_argument("--hang-timeout", type=float, metavar="SECONDS", help="stop a silent job")
     run.add_argument("--max-restarts", type=int, metavar="N", help="restart after a failure (0)")
-    run.add_argument("--target", help="compute target (default: local)")
+    run.add_argument("--target", help="compute target: local (default), docker or slurm")
+    slurm = run.add_argument_group("slurm target (--target slurm)")
+    slurm.add_argument("--partition", help="Slurm partition (default: the cluster's)")
+    for flag, text in (
+        ("--account", "account to charge"),
+        ("--qos", "quality of service"),
+        ("--mem", "memory per node, e.g. 16G"),
+        ("--constraint", "node features, e.g. a100"),
+    ):
+        slurm.add_argument(flag, help=text)
+    slurm.add_argument("--gpus-per-node", type=int, metavar="N")
+    slurm.add_argument("--cpus-per-task", type=int, metavar="N")
+    slurm.add_argument("--max-requeues", type=int, metavar="N", help="after time-outs (3)")
+    slurm.add_argument(
+        "--sbatch-arg",
+        action="append",
+        metavar="OPTION",
+        help="extra sbatch option, as --sbatch-arg=--exclusive (repeatable)",
+    )
     run.add_argument(
         "--user-managed", action="store_true", default=None, help="use this interpreter as is"
     )
@@ -143,6 +161,7 @@ def _job_arguments(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         "resume_from": ns.resume_from,
     }
     kwargs.update({key: value for key, value in flags.items() if value is not None})
+    _slurm_target(ns, kwargs)
     if ns.env:
         kwargs["environment_variables"] = {
             **kwargs.get("environment_variables", {}),
@@ -160,6 +179,24 @@ def _job_arguments(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     if "source_directory" not in kwargs:
         raise FitdockError("give --source-directory (or source_directory in the job file)")
     return framework, kwargs
+
+
+def _slurm_target(ns: argparse.Namespace, kwargs: dict[str, Any]) -> None:
+    """``--target slurm`` and the slurm flags become ``compute_target={"kind": "slurm", ...}``
+    (merged over a job file's)."""
+    names = ["partition", "account", "qos", "mem", "constraint"]
+    names += ["gpus_per_node", "cpus_per_task", "max_requeues"]
+    given = {name: getattr(ns, name) for name in names if getattr(ns, name) is not None}
+    if ns.sbatch_arg:
+        given["extra_sbatch_args"] = ns.sbatch_arg
+    target = kwargs.get("compute_target")
+    if target == "slurm":
+        target = {"kind": "slurm"}
+    if given and not (isinstance(target, dict) and target.get("kind") == "slurm"):
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise FitdockError(f"{flags} apply to the slurm target only: add --target slurm")
+    if isinstance(target, dict):
+        kwargs["compute_target"] = {**target, **given}
 
 
 def _pairs(items: list[str]) -> dict[str, str]:
@@ -199,7 +236,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     framework, kwargs = _job_arguments(ns)
     estimator = _estimator(framework, kwargs)
     if ns.dry_run:
-        print(estimator.plan().render())
+        print(estimator.plan().dry_run_text())
         return 0
     run = estimator.fit(wait=False)
     print(f"run {run.id}", flush=True)

@@ -3,7 +3,8 @@
 # suite runs Open MPI as well as the MPICH that the `mpi` extra brings from PyPI), and
 # OpenSSH's server and client (tests/netns.py starts a private sshd per fake host; the
 # package's own sshd service is never started: see policy-rc.d below); plus what
-# scripts/build-horovod.sh needs to build Horovod (libopenmpi-dev, cmake, g++, make).
+# scripts/build-horovod.sh needs to build Horovod (libopenmpi-dev, cmake, g++, make); and
+# Slurm with munge and PMIx (the package's own daemons are not started either).
 # Installs with apt-get when run as root on Debian/Ubuntu; otherwise says what is missing
 # and leaves it to you (the tests that need it then skip, or fail with CI=true).
 set -euo pipefail
@@ -26,6 +27,11 @@ fi
 for tool in cmake g++ make; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
+# Slurm for the slurm tests (tests/slurm_cluster.py starts a private one-node cluster):
+# the daemons and clients, munge, and PMIx for `srun --mpi=pmix`.
+[[ -x /usr/sbin/slurmctld && -x /usr/sbin/slurmd && -x /usr/bin/sbatch ]] || missing+=(slurm-wlm)
+[[ -x /usr/sbin/munged ]] || missing+=(munge)
+ls /usr/lib/*/libpmix.so.2 >/dev/null 2>&1 || missing+=(libpmix2)
 if ((${#missing[@]} == 0)); then
     echo "install-system: nothing to install"
     exit 0
@@ -37,8 +43,8 @@ fi
 start=$(date +%s)
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# Without systemd, openssh-server's postinst would start a system sshd listening on every
-# address: forbid service starts during the install unless a policy already exists.
+# Without systemd, openssh-server's (and munge's, slurm's) postinst would start system
+# daemons: forbid service starts during the install unless a policy already exists.
 policy=/usr/sbin/policy-rc.d
 made_policy=0
 if [[ ! -e $policy ]]; then

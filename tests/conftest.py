@@ -16,8 +16,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,9 +126,9 @@ def _missing_docker() -> str | None:
 
 @functools.cache
 def _missing_slurm() -> str | None:
-    if shutil.which("sinfo") and _quiet(["sinfo"], timeout=30):
-        return None
-    return "no Slurm cluster (`sinfo` failed)"
+    from slurm_cluster import missing
+
+    return missing()
 
 
 @functools.cache
@@ -182,3 +183,25 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if in_ci() and marker.name not in ALWAYS_SKIP:
             pytest.fail(f"[{marker.name}] {reason}; CI=true, so this fails instead of skipping")
         pytest.skip(f"[{marker.name}] {reason}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A private Slurm cluster for the session
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator[Any]:
+    """A one-node Slurm of the session's own (``tests/slurm_cluster.py``), started by the first
+    test that asks for it and stopped after the last; ``SLURM_CONF`` points at it meanwhile."""
+    from slurm_cluster import slurm_cluster as start
+
+    with start() as cluster, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SLURM_CONF", str(cluster.conf))
+        yield cluster
+
+
+@pytest.fixture
+def slurm(slurm_cluster: Any) -> Iterator[Any]:
+    """The session's cluster, idle, for one test (jobs left behind are cancelled after)."""
+    slurm_cluster.wait_idle()
+    yield slurm_cluster
+    slurm_cluster.run("scancel", "--user", "root")

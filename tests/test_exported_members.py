@@ -29,6 +29,7 @@ EXPECTED_ALL = [
     "PyTorchConfiguration",
     "Run",
     "RunStatus",
+    "Slurm",
     "__version__",
 ]
 HEAVY = ("pydantic", "torch", "chainer", "chainermn", "cupy", "mpi4py", "docker", "pandas")

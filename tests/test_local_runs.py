@@ -378,8 +378,18 @@ def _estimator(tmp_path: Path, **kwargs: object) -> Estimator:
             "'no-such-run' is neither a folder",
         ),
         ({"max_snapshot_files": 1}, SnapshotError, None, "over the limit of 1"),
-        ({"compute_target": "slurm"}, NotAvailableError, None, "compute_target='slurm'"),
-        ({"compute_target": "moon"}, SpecError, "compute_target", "known: docker, hosts, local"),
+        (
+            {"compute_target": "slurm", "hang_timeout_seconds": 5},
+            NotAvailableError,
+            None,
+            "hang_timeout_seconds is not available on the slurm target",
+        ),
+        (
+            {"compute_target": "moon"},
+            SpecError,
+            "compute_target",
+            "known: docker, hosts, local, slurm",
+        ),
         (
             {"node_count": 2, "distributed_training": Mpi()},
             SpecError,

@@ -3,6 +3,7 @@
 python examples/chainer_mnist/fit.py                          # on this machine, this interpreter
 python examples/chainer_mnist/fit.py --docker                 # in the curated Chainer image
 python examples/chainer_mnist/fit.py --hosts hosts.txt        # 2 ranks on each of 2 hosts (ssh)
+python examples/chainer_mnist/fit.py --slurm debug            # a Slurm batch job (srun, PMIx)
 python examples/chainer_mnist/fit.py --resume-from RUN_ID     # continue an earlier run
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fitdock import Chainer, Hosts, Mpi
+from fitdock import Chainer, Hosts, Mpi, Slurm
 
 
 def parse_args() -> argparse.Namespace:
@@ -19,6 +20,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--docker", action="store_true", help="build and run the Chainer image")
     parser.add_argument("--hosts", type=Path, help="a hostfile (node1:2 per line); shared FS")
+    parser.add_argument(
+        "--slurm",
+        metavar="PARTITION",
+        nargs="?",
+        const="",
+        help="submit to Slurm (this partition, or the cluster's default); shared FS",
+    )
     parser.add_argument("--resume-from", help="a run id or checkpoint folder")
     return parser.parse_args()
 
@@ -35,6 +43,8 @@ def main() -> None:
             "compute_target": Hosts(hostfile=args.hosts),
             "node_count": 2,
         }
+    elif args.slurm is not None:
+        where = {"user_managed": True, "compute_target": Slurm(partition=args.slurm or None)}
     est = Chainer(
         source_directory=Path(__file__).resolve().parent,
         entry_script="train.py",

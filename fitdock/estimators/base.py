@@ -16,7 +16,7 @@ from fitdock.environments.files import read_conda_file, read_requirements
 from fitdock.environments.spec import DockerSection, Environment
 from fitdock.errors import SpecError
 from fitdock.estimators.args import EstimatorArgs, node_count, per_node, validate_args
-from fitdock.estimators.compute import Hosts
+from fitdock.estimators.compute import Hosts, Slurm
 from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.estimators.spec import JobSpec, SnapshotLimits, script_params_to_argv
 
@@ -41,7 +41,7 @@ class Estimator:
         self,
         source_directory: str | Path,
         *,
-        compute_target: str | Hosts = "local",
+        compute_target: str | Hosts | Slurm = "local",
         vm_size: str | None = None,
         vm_priority: str | None = None,
         entry_script: str | None = None,

@@ -1,4 +1,5 @@
-"""Compute targets as data. ``"local"`` is a name; ``Hosts`` lists machines."""
+"""Compute targets as data. ``"local"`` is a name; ``Hosts`` lists machines; ``Slurm`` names
+a cluster partition and what to ask of it."""
 
 from __future__ import annotations
 
@@ -117,4 +118,50 @@ class Hosts(BaseModel):
         return argv + list(self.ssh_options)
 
 
-ComputeTarget = str | Hosts
+_SLURM_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:+,-]*$"  # partition, account, qos: no spaces, no shell
+
+
+class Slurm(BaseModel):
+    """Submit to a Slurm cluster with ``sbatch``: ``Slurm(partition="gpu", gpus_per_node=4)``.
+
+    ``node_count`` and ``process_count_per_node`` become the allocation (``--nodes``,
+    ``--ntasks-per-node``); ``max_run_duration_seconds`` plus the grace period becomes
+    ``--time``. ``partition=None`` takes the cluster's default partition. ``mem`` is
+    Slurm's per-node memory (``16G``, ``500M``); ``constraint`` its feature expression.
+    ``extra_sbatch_args`` are added as they are (``["--exclusive", "--reservation=x"]``).
+
+    MPI ranks start with ``srun --mpi=<srun_mpi>`` (PMIx by default); ``mpi_launcher=
+    "mpirun"`` runs ``mpirun`` inside the allocation instead. A job that reaches its time
+    limit checkpoints on the signal and is requeued, resuming from its latest checkpoint,
+    up to ``max_requeues`` times. The run folder (``$FITDOCK_HOME``) and the interpreter
+    must be at the same path on every node (a shared filesystem).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["slurm"] = "slurm"
+    partition: str | None = Field(default=None, pattern=_SLURM_NAME)
+    account: str | None = Field(default=None, pattern=_SLURM_NAME)
+    qos: str | None = Field(default=None, pattern=_SLURM_NAME)
+    gpus_per_node: int | None = Field(default=None, ge=1)
+    cpus_per_task: int | None = Field(default=None, ge=1)
+    mem: str | None = Field(default=None, pattern=r"^[0-9]+[KMGT]?$")
+    constraint: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.&|!*()\[\]:,-]+$")
+    extra_sbatch_args: tuple[str, ...] = ()
+    max_requeues: int = Field(default=3, ge=0)
+    mpi_launcher: Literal["srun", "mpirun"] = "srun"
+    srun_mpi: str = Field(default="pmix", pattern=r"^[a-z0-9_]+$")
+
+    @field_validator("extra_sbatch_args")
+    @classmethod
+    def _sbatch_args(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for arg in value:
+            if not arg.startswith("-") or "\n" in arg:
+                raise ValueError(
+                    f"{arg!r} is not an sbatch option; give options such as '--exclusive' or "
+                    "'--reservation=name', one per item"
+                )
+        return value
+
+
+ComputeTarget = str | Hosts | Slurm

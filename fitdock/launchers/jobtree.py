@@ -13,10 +13,11 @@ modes:
           terminates the tree (SIGTERM, then SIGKILL after ``ORPHAN_GRACE``).
           When the commands have exited, leftovers are killed and the reaper
           exits with the first non-zero status (128 + signal for a signal).
-``rank``  Wraps one rank: maps MPI rank variables to RANK/WORLD_SIZE/LOCAL_RANK,
-          sends the script's stdout/stderr to ``rank_<r>.stdout.log`` and
+``rank``  Wraps one rank: maps MPI (or srun) rank variables to RANK/WORLD_SIZE/
+          LOCAL_RANK, sends the script's stdout/stderr to ``rank_<r>.stdout.log`` and
           ``.stderr.log``, forwards the signals it gets (from mpirun, say) to the
-          script, and records the exit status in ``rank_<r>.exit.json``.
+          script (unless FITDOCK_RANK_FORWARD=0: Slurm signals the script itself),
+          and records the exit status in ``rank_<r>.exit.json``.
 
 Orders to the tree spare the rank wrappers (they must live to record exit
 codes), so a script receives each signal exactly once.
@@ -291,15 +292,28 @@ def _first(names: Sequence[str], default: str) -> str:
 
 
 def rank_env() -> dict[str, str]:
-    """RANK/WORLD_SIZE/LOCAL_RANK from whichever MPI (or torchrun) started us."""
-    rank = _first(("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "HOROVOD_RANK", "RANK"), "0")
-    size = _first(("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "HOROVOD_SIZE", "WORLD_SIZE"), "1")
-    local = _first(
-        ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "HOROVOD_LOCAL_RANK", "LOCAL_RANK"), rank
+    """RANK/WORLD_SIZE/LOCAL_RANK from whichever MPI (or torchrun, or srun) started us."""
+    rank = _first(
+        ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "HOROVOD_RANK", "RANK", "SLURM_PROCID"),
+        "0",
     )
+    size = _first(
+        ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "HOROVOD_SIZE", "WORLD_SIZE", "SLURM_NTASKS"), "1"
+    )
+    local = _first(
+        (
+            "OMPI_COMM_WORLD_LOCAL_RANK",
+            "MPI_LOCALRANKID",
+            "HOROVOD_LOCAL_RANK",
+            "LOCAL_RANK",
+            "SLURM_LOCALID",
+        ),
+        rank,
+    )
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "")  # e.g. "2", not "2(x3)"
     local_size = _first(
         ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "HOROVOD_LOCAL_SIZE", "LOCAL_WORLD_SIZE"),
-        size,
+        per_node if per_node.isdigit() else size,
     )
     return {
         "RANK": rank,
@@ -331,10 +345,16 @@ def rank_main(log_dir: str, argv: list[str]) -> int:
         os._exit(127)
     os.close(out)
     os.close(err)
+    # Under srun, Slurm signals every process of the step, the script too: forwarding would
+    # deliver each signal twice (the slurm target sets FITDOCK_RANK_FORWARD=0 there).
+    forward = os.environ.get("FITDOCK_RANK_FORWARD") != "0"
+    received: list[int] = []
     while True:
         info = signal.sigwaitinfo(blocked)
         if info.si_signo != signal.SIGCHLD:
-            _send([pid], info.si_signo)
+            received.append(info.si_signo)
+            if forward:
+                _send([pid], info.si_signo)
             continue
         done, status = os.waitpid(pid, os.WNOHANG)
         if done == pid:
@@ -343,7 +363,8 @@ def rank_main(log_dir: str, argv: list[str]) -> int:
     signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else "null"
     record = (
         f'{{"rank": {int(rank)}, "exit_code": {code}, "signal": {signum}, "pid": {pid}, '
-        f'"host": "{os.uname().nodename}", "started": {started}, "ended": {time.time()}}}'
+        f'"host": "{os.uname().nodename}", "started": {started}, "ended": {time.time()}, '
+        f'"signals_received": {sorted(set(received))}}}'
     )
     target = f"{logs}rank_{rank}.exit.json"
     with open(target + ".tmp", "w") as handle:

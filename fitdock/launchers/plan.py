@@ -21,11 +21,19 @@ class LaunchPlan:
     files: dict[str, str] = field(default_factory=dict)
     relay_orders: bool = False  # the commands are reapers themselves (e.g. inside a container)
     notes: list[str] = field(default_factory=list)
+    main_file: str | None = None  # the file that *is* the plan (an sbatch script)
 
     @property
     def argv(self) -> list[str]:
         """The first (usually the only) command."""
         return self.commands[0]
+
+    def dry_run_text(self) -> str:
+        """What ``--dry-run`` prints: the main file as it is (ready to read or diff), else
+        ``render()``."""
+        if self.main_file is not None:
+            return self.files[self.main_file]
+        return self.render()
 
     def render(self) -> str:
         lines = [f"target: {self.target}", f"ranks: {self.world_size}", f"cwd: {self.cwd}", "argv:"]

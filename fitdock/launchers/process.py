@@ -28,6 +28,7 @@ __all__ = [
     "rank_wrapper_argv",
     "split_commands",
     "stream",
+    "tool",
     "transfer",
 ]
 split_commands = jobtree.split_commands
@@ -116,6 +117,19 @@ def rank_wrapper_argv(python: str, log_dir: str | Path) -> list[str]:
 
 def capture(argv: Sequence[str], timeout: float = 10.0, cwd: str | None = None) -> tuple[int, str]:
     """Run a short tool command (``mpirun --version``, ``git rev-parse``); return code, output."""
+    code, out, err = tool(argv, timeout=timeout, cwd=cwd)
+    return code, out + err
+
+
+def tool(
+    argv: Sequence[str],
+    *,
+    timeout: float = 10.0,
+    cwd: str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[int, str, str]:
+    """Run a short tool command (``sbatch``, ``scontrol``); return code, stdout, stderr.
+    A missing program or a time-out gives code 127 and the reason as stderr."""
     import subprocess
 
     try:
@@ -126,11 +140,12 @@ def capture(argv: Sequence[str], timeout: float = 10.0, cwd: str | None = None) 
             text=True,
             timeout=timeout,
             cwd=cwd,
+            env=None if env is None else dict(env),
             check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        return 127, str(exc)
-    return done.returncode, done.stdout + done.stderr
+        return 127, "", str(exc)
+    return done.returncode, done.stdout, done.stderr
 
 
 def transfer(

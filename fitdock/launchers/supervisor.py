@@ -60,7 +60,11 @@ class Supervisor:
 
     def run(self) -> None:
         try:
-            self._attempts()
+            supervise = getattr(self.target, "supervise", None)
+            if supervise is not None:  # a scheduler runs the attempts (slurm)
+                supervise(self)
+            else:
+                self._attempts()
         except BaseException as exc:
             self.run_dir.update(
                 status=RunStatus.FAILED.value,
@@ -76,7 +80,7 @@ class Supervisor:
             self.done.set()
 
     # ------------------------------------------------------------------ attempts
-    def _prepare(self) -> bool:
+    def prepare_environment(self) -> bool:
         """Build the environment (a venv, an image) before the first attempt; False when
         that failed (the run is then Failed with the builder's message)."""
         prepare = getattr(self.target, "prepare", None)
@@ -95,7 +99,7 @@ class Supervisor:
         return True
 
     def _attempts(self) -> None:
-        if not self._prepare():
+        if not self.prepare_environment():
             return
         attempts: list[dict[str, Any]] = []
         number = 1

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Protocol
 
 from fitdock.errors import NotAvailableError, SpecError
-from fitdock.estimators.compute import Hosts
+from fitdock.estimators.compute import Hosts, Slurm
 from fitdock.estimators.spec import JobSpec
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.runs.store import RunDir
@@ -16,8 +16,9 @@ TARGETS = {
     "local": "fitdock.launchers.local",
     "docker": "fitdock.launchers.docker",
     "hosts": "fitdock.launchers.hosts",
+    "slurm": "fitdock.launchers.slurm",
 }
-PLANNED = ("slurm",)
+PLANNED: tuple[str, ...] = ()
 
 
 class Target(Protocol):
@@ -30,11 +31,12 @@ class Target(Protocol):
     # Optional: ``prepare(spec, run, show_output) -> dict`` builds the environment before the
     # first attempt (recorded as ``environment_build``); ``before_attempt(spec, run)`` and
     # ``after_attempt(spec, run)``, e.g. to copy the run to hosts without a shared
-    # filesystem and its results back.
+    # filesystem and its results back. ``supervise(supervisor)`` replaces fitdock's own
+    # attempts where a scheduler runs them (slurm).
 
 
-def get_target(target: str | Hosts) -> Target:
-    name = "hosts" if isinstance(target, Hosts) else target
+def get_target(target: str | Hosts | Slurm) -> Target:
+    name = target.kind if isinstance(target, (Hosts, Slurm)) else target
     if name == "hosts" and not isinstance(target, Hosts):
         raise SpecError(
             "compute_target='hosts' needs the host list: compute_target=Hosts(['node1:2', ...])",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ class LogFollower:
         self.out = out or sys.stdout
         self._offsets: dict[Path, int] = {}
         self._partial: dict[Path, bytes] = {}
+        self._inodes: dict[Path, int] = {}
 
     def pump(self, final: bool = False) -> None:
         if not self.logs.is_dir():
@@ -39,8 +41,17 @@ class LogFollower:
         self.out.flush()
 
     def _pump_file(self, path: Path, tag: str, final: bool) -> None:
-        offset = self._offsets.get(path, 0)
-        with path.open("rb") as handle:
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError:  # moved to attempt-<n>/ as a new attempt starts
+            return
+        with handle:
+            inode = os.fstat(handle.fileno()).st_ino
+            if self._inodes.setdefault(path, inode) != inode:  # a new attempt's file
+                self._inodes[path] = inode
+                self._offsets.pop(path, None)
+                self._partial.pop(path, None)
+            offset = self._offsets.get(path, 0)
             handle.seek(offset)
             data = handle.read()
         if not data and not (final and self._partial.get(path)):

@@ -109,11 +109,19 @@ class Run:
         return False
 
     def cancel(self) -> None:
-        """Stop the run: SIGTERM to its processes, the grace period, then SIGKILL."""
+        """Stop the run: SIGTERM to its processes, the grace period, then SIGKILL (on the
+        slurm target, ``scancel``)."""
         if self._supervisor is not None:
             self._supervisor.cancel()
-        elif not self.status.is_terminal:
-            self._dir.cancel_path.touch()
+            return
+        record = self.record
+        if RunStatus(record["status"]).is_terminal:
+            return
+        self._dir.cancel_path.touch()  # a live supervisor elsewhere takes it from here
+        if record.get("slurm") and not self._dir.supervisor_alive():
+            from fitdock.launchers.slurm import cancel_detached
+
+            cancel_detached(self._dir, record)
 
     # ------------------------------------------------------------------ results
     def get_metrics(

@@ -112,6 +112,10 @@ class RunDir:
             if not held:
                 return self.read()
             record = self.read()  # re-read under the lock: it may have ended meanwhile
+            if record.get("slurm"):  # a Slurm job outlives its submitter: ask Slurm
+                from fitdock.launchers.slurmrecord import refresh
+
+                return refresh(self)
             if not RunStatus(record["status"]).is_terminal:
                 record.update(
                     status=RunStatus.FAILED.value,

@@ -1,0 +1,197 @@
+"""A private one-node Slurm cluster for the ``slurm`` tests and the Slurm benchmark.
+
+``slurm_cluster()`` writes a ``slurm.conf`` into a temporary folder (state, spool, pid and log
+files all inside it), starts ``munged`` when none runs, then ``slurmctld`` and ``slurmd``, waits
+until the node is idle, and yields a ``Cluster`` whose ``env`` carries ``SLURM_CONF``. On exit it
+cancels what is left, stops the daemons it started (``munged`` too, when it started it) and
+removes the folder.
+
+* The node is this machine (``hostname -s``), reached at 127.0.0.1; the daemons listen on
+  loopback only (``CommunicationParameters=NoCtldInAddrAny,NoInAddrAny``) and on ports picked
+  free, so a real Slurm on the standard ports is left alone.
+* The settings follow ``shared/RECIPES.md`` (Slurm 22.05 on Debian): root as the Slurm user,
+  ``proctrack/linuxproc``, ``task/none``, no accounting, ``select/cons_tres`` by core,
+  ``KillWait`` short so that cancelled tests end quickly.
+* Tools come from Debian's ``slurm-wlm munge libpmix2`` (``scripts/install-system.sh``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+# A requeued job waits cred_expire seconds before it may start again (120 by default).
+CRED_EXPIRE = 5
+PREEMPT_GRACE = 10  # a preempted job has this long between SIGTERM and SIGKILL
+MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
+DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged")
+
+CONF = """\
+ClusterName=fitdock-test
+SlurmctldHost={host}(127.0.0.1)
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire={cred_expire}
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+KillWait={kill_wait}
+ReturnToService=2
+SchedulerParameters=sched_interval=1
+MinJobAge=600
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd.log
+NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory=2000 State=UNKNOWN
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=debug Nodes={host} Default=YES State=UP PriorityTier=1 GraceTime={grace}
+PartitionName=urgent Nodes={host} State=UP PriorityTier=2
+"""
+
+
+@dataclass
+class Cluster:
+    root: Path
+    conf: Path
+    host: str
+    cpus: int
+    partition: str = "debug"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def run(self, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(argv), env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """Until no job is left and the node takes work again."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = self.run("squeue", "-h", "-o", "%i").stdout.strip()
+            state = self.run("sinfo", "-h", "-n", self.host, "-o", "%t").stdout.strip()
+            if not jobs and state == "idle":
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"Slurm node {self.host} not idle after {timeout} s: {self.logs()}")
+
+    def logs(self) -> str:
+        parts = []
+        for name in ("slurmctld.log", "slurmd.log"):
+            path = self.root / name
+            if path.is_file():
+                parts.append(f"--- {name}\n" + "\n".join(path.read_text().splitlines()[-20:]))
+        return "\n".join(parts)
+
+
+def missing() -> str | None:
+    """Why no private cluster can start here (None when it can)."""
+    absent = [path for path in DAEMONS if not os.access(path, os.X_OK)]
+    if absent:
+        return f"Slurm/munge not installed ({', '.join(absent)}); run scripts/install-system.sh"
+    if not shutil.which("sbatch"):
+        return "sbatch not on PATH"
+    if os.geteuid() != 0:
+        return "the private Slurm cluster runs its daemons as root"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _munge() -> Iterator[None]:
+    if MUNGE_SOCKET.exists() and subprocess.run(["pgrep", "-x", "munged"]).returncode == 0:
+        yield
+        return
+    MUNGE_SOCKET.parent.mkdir(parents=True, exist_ok=True)
+    shutil.chown(MUNGE_SOCKET.parent, "munge", "munge")
+    subprocess.run(["runuser", "-u", "munge", "--", "/usr/sbin/munged"], check=True)
+    pid_file = Path("/run/munge/munged.pid")
+    try:
+        yield
+    finally:
+        if pid_file.is_file():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+
+
+def _stop(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def slurm_cluster(kill_wait: int = 5) -> Iterator[Cluster]:
+    reason = missing()
+    if reason:
+        raise RuntimeError(reason)
+    host = socket.gethostname().split(".")[0]
+    cpus = os.cpu_count() or 1
+    root = Path(tempfile.mkdtemp(prefix="fitdock-slurm-"))
+    for name in ("state", "spool"):
+        (root / name).mkdir()
+    conf = root / "slurm.conf"
+    conf.write_text(
+        CONF.format(
+            host=host,
+            root=root,
+            cpus=cpus,
+            kill_wait=kill_wait,
+            cred_expire=CRED_EXPIRE,
+            grace=PREEMPT_GRACE,
+            ctld_port=_free_port(),
+            slurmd_port=_free_port(),
+        )
+    )
+    cluster = Cluster(root=root, conf=conf, host=host, cpus=cpus)
+    with _munge():
+        try:
+            for daemon in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd"):
+                subprocess.run([daemon, "-f", str(conf)], env=cluster.env, check=True, timeout=30)
+            cluster.wait_idle()
+            yield cluster
+        finally:
+            cluster.run("scancel", "--user", "root", "--full", "--signal", "KILL")
+            _stop(root / "slurmd.pid")
+            _stop(root / "slurmctld.pid")
+            shutil.rmtree(root, ignore_errors=True)
