@@ -10,6 +10,8 @@ inputs/         links to the named inputs
 metrics.jsonl   one JSON line per logged value
 supervisor.lock held by the supervising process while the run is live
 cancel          present when a cancel was requested
+slurm/          slurm target: job.sbatch, the job-side programs, batch.log, and
+                attempt-<n>.json / attempt-<n>.exit.json written by each attempt
 """
 
 from __future__ import annotations
