@@ -110,9 +110,12 @@ def reaper_argv(python: str, jobtree_path: str) -> list[str]:
     return [python, "-I", "-S", jobtree_path, "reap", "--"]
 
 
-def rank_wrapper_argv(python: str, log_dir: str | Path) -> list[str]:
-    """The argv prefix that runs a command as one rank (see ``rank`` mode)."""
-    return [python, "-I", "-S", jobtree.__file__, RANK_MODE, str(log_dir), "--"]
+def rank_wrapper_argv(
+    python: str, log_dir: str | Path, jobtree_path: str | Path = jobtree.__file__
+) -> list[str]:
+    """The argv prefix that runs a command as one rank (see ``rank`` mode); ``jobtree_path``:
+    a copy of ``jobtree.py`` where the job runs (a Slurm run keeps one in its folder)."""
+    return [python, "-I", "-S", str(jobtree_path), RANK_MODE, str(log_dir), "--"]
 
 
 def capture(argv: Sequence[str], timeout: float = 10.0, cwd: str | None = None) -> tuple[int, str]:

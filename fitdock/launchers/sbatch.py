@@ -22,7 +22,7 @@ from fitdock._version import __version__
 from fitdock.estimators.compute import Slurm
 from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.estimators.spec import JobSpec
-from fitdock.launchers.process import RANK_MODE
+from fitdock.launchers.process import rank_wrapper_argv
 from fitdock.launchers.torchrun import torchrun_argv
 from fitdock.runs.store import RunDir
 
@@ -95,17 +95,26 @@ def launch_command(
 ) -> list[str]:
     """The command one attempt runs inside the allocation; ``mpirun``: the ``mpirun -n N``
     prefix when MPI ranks start with mpirun (``Slurm(mpi_launcher="mpirun")``)."""
-    slurm_dir = run.path / "slurm"
-    rank = [python, "-I", "-S", str(slurm_dir / JOBTREE), RANK_MODE, str(run.logs), "--"]
-    wrapped = [*rank, python, spec.entry_script, *spec.arguments]
+    jobtree = run.path / "slurm" / JOBTREE
+    wrapped = [
+        *rank_wrapper_argv(python, run.logs, jobtree),
+        python,
+        spec.entry_script,
+        *spec.arguments,
+    ]
     distribution = spec.distribution
     if isinstance(distribution, PyTorchConfiguration):
         srun = ["srun", "--kill-on-bad-exit=1", f"--ntasks={spec.node_count}"]
         srun.append("--ntasks-per-node=1")
-        if spec.node_count == 1:
-            return [*srun, *_torchrun(python, distribution, spec, wrapped, run, None)]
-        endpoint = Shell('"$FITDOCK_HEAD_NODE:$FITDOCK_RDZV_PORT"')
-        return [*srun, *_torchrun(python, distribution, spec, wrapped, run, endpoint)]
+        endpoint = None  # one node: torchrun --standalone
+        if spec.node_count > 1:
+            endpoint = Shell('"$FITDOCK_HEAD_NODE:$FITDOCK_RDZV_PORT"')
+        per_node = spec.process_count_per_node
+        torchrun = torchrun_argv(
+            python, distribution, spec.node_count, per_node, wrapped, run_id=run.id,
+            endpoint=endpoint,
+        )  # fmt: skip
+        return [*srun, *torchrun]
     if mpirun is not None:
         return [*mpirun, *wrapped]
     srun = ["srun", "--kill-on-bad-exit=1", f"--ntasks={spec.world_size}"]
@@ -116,18 +125,6 @@ def launch_command(
 
 def uses_mpirun(spec: JobSpec, config: Slurm) -> bool:
     return isinstance(spec.distribution, (Mpi, Horovod)) and config.mpi_launcher == "mpirun"
-
-
-def _torchrun(python, config, spec, wrapped, run, endpoint):  # type: ignore[no-untyped-def]
-    return torchrun_argv(
-        python,
-        config,
-        spec.node_count,
-        spec.process_count_per_node,
-        wrapped,
-        run_id=run.id,
-        endpoint=endpoint,
-    )
 
 
 def driver_command(spec: JobSpec, config: Slurm, run: RunDir, python: str) -> list[str]:

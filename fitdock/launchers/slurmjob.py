@@ -259,8 +259,13 @@ def _code(returncode: int) -> int:
 
 def parse(argv: list[str]) -> tuple[dict[str, str], list[str]]:
     split = argv.index("--")
-    options = {"time_limit": "0", "grace": "30", "max_requeues": "3", "max_restarts": "0"}
-    options["stop"] = "scancel"
+    options = {
+        "time_limit": "0",
+        "grace": "30",
+        "max_requeues": "3",
+        "max_restarts": "0",
+        "stop": "scancel",
+    }
     words = argv[:split]
     for key, value in zip(words[::2], words[1::2], strict=False):
         options[key.lstrip("-").replace("-", "_")] = value
