@@ -304,6 +304,66 @@ def test_user_pip_spec_replaces_the_curated_one_of_the_same_name(src: Path) -> N
     assert est.environment.name == "chainer-7.8.1-cpu+user"
 
 
+def test_an_unversioned_user_package_keeps_the_curated_pin(src: Path) -> None:
+    est = Chainer(source_directory=src, entry_script="train.py", pip_packages=["numpy", "pytest"])
+    pip = pip_of(est)
+    assert "numpy>=1.24,<2" in pip
+    assert [s for s in pip if s.lower().startswith("numpy")] == ["numpy>=1.24,<2"]
+    assert pip[-1] == "pytest"
+    assert est.environment.pin_overrides == []
+
+
+def test_a_versioned_user_package_replaces_the_pin_and_the_record_shows_it(src: Path) -> None:
+    est = Chainer(source_directory=src, entry_script="train.py", pip_packages=["numpy==1.26.4"])
+    assert "numpy==1.26.4" in pip_of(est)
+    assert "numpy>=1.24,<2" not in pip_of(est)
+    override = {
+        "package": "numpy",
+        "curated": "numpy>=1.24,<2",
+        "requested": "numpy==1.26.4",
+        "field": "pip_packages",
+    }
+    assert est.environment.pin_overrides[0].model_dump() == override
+    # The run record stores the job spec as JSON: the override travels with it.
+    assert est.job_spec.model_dump(mode="json")["environment"]["pin_overrides"] == [override]
+
+
+def test_a_user_version_outside_the_curated_pin_is_refused(src: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        Chainer(source_directory=src, entry_script="train.py", pip_packages=["numpy>=2"])
+    assert info.value.field == "pip_packages"
+    message = str(info.value)
+    assert "pip_packages 'numpy>=2'" in message
+    assert "the curated pin 'numpy>=1.24,<2' of chainer-7.8.1-cpu" in message
+    assert "environment_definition=" in message
+
+
+def test_a_requirements_file_line_outside_the_curated_pin_names_the_file_field(src: Path) -> None:
+    (src / "req.txt").write_text("numpy==2.0.1\n")
+    with pytest.raises(SpecError, match=r"pip_requirements_file 'numpy==2\.0\.1'") as info:
+        make(src, Chainer, pip_requirements_file="req.txt")
+    assert info.value.field == "pip_requirements_file"
+
+
+def test_requirements_file_and_pip_packages_that_disagree_are_refused(src: Path) -> None:
+    (src / "req.txt").write_text("rich<13\n")
+    with pytest.raises(SpecError) as info:
+        make(src, Chainer, pip_requirements_file="req.txt", pip_packages=["rich>=13.7"])
+    assert info.value.field == "pip_packages"
+    assert "pip_packages 'rich>=13.7'" in str(info.value)
+    assert "pip_requirements_file 'rich<13'" in str(info.value)
+
+
+def test_conda_file_pip_lines_are_the_users_not_curated_pins(src: Path) -> None:
+    (src / "environment.yml").write_text("dependencies:\n  - pip:\n    - numpy==1.26.4\n")
+    est = make(src, Chainer, conda_dependencies_file="environment.yml", pip_packages=["numpy"])
+    assert pip_of(est) == ["numpy==1.26.4", "numpy"]
+    assert est.environment.pin_overrides == []
+    with pytest.raises(SpecError, match=r"conda_dependencies_file 'numpy==1\.26\.4'") as info:
+        make(src, Chainer, conda_dependencies_file="environment.yml", pip_packages=["numpy>=2"])
+    assert info.value.field == "pip_packages"
+
+
 def test_chainer_class_api() -> None:
     catalogue = load_catalogue()
     assert Chainer.FRAMEWORK_NAME == "Chainer"

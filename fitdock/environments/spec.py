@@ -6,6 +6,11 @@ environment variables. ``Environment.hash()`` is a content hash: the same
 packages in another order, or spelled ``NumPy >= 1.2`` instead of
 ``numpy>=1.2``, give the same hash on every machine and process. Names and
 descriptions do not count; contents do.
+
+``Environment.with_packages`` adds a user's packages to a curated environment:
+how user pip requirements merge with the curated pins is in ``pins``, and every
+curated pin a user replaced is listed in ``Environment.pin_overrides`` (a record,
+not part of the hash).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from fitdock.environments.pins import PinOverride, UserRequirement, merge_pip
 
 _SHM_SIZE = re.compile(r"^[1-9][0-9]*[bkmgBKMG]?$")
 _CONDA_SPEC = re.compile(r"^[A-Za-z0-9_.\-]+(::[A-Za-z0-9_.\-]+)?\s*([=<>!~].*)?$")
@@ -135,6 +142,8 @@ class Environment(BaseModel):
     docker: DockerSection = Field(default_factory=DockerSection)
     platform: Platform = Field(default_factory=Platform)
     environment_variables: dict[str, str] = Field(default_factory=dict)
+    # Curated pins the user's versioned requirements replaced: a record, not hashed.
+    pin_overrides: list[PinOverride] = Field(default_factory=list)
 
     @field_validator("environment_variables", mode="before")
     @classmethod
@@ -180,10 +189,15 @@ class Environment(BaseModel):
         blob = json.dumps(self.canonical(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
 
-    def with_packages(self, *, conda: Sequence[str] = (), pip: Sequence[str] = ()) -> Environment:
-        """A copy with more packages; a user's pip spec replaces a curated one of the same name."""
-        names = {pip_name(s) for s in pip}
-        kept = [s for s in self.python.pip_packages if pip_name(s) not in names]
+    def with_packages(
+        self, *, conda: Sequence[str] = (), pip: Sequence[str | UserRequirement] = ()
+    ) -> Environment:
+        """A copy with more packages. The pip packages already here are the curated pins:
+        ``pins.merge_pip`` merges the user's ``pip`` into them (a plain string came from
+        ``pip_packages``) and raises ``SpecError`` when they cannot hold together. A user's
+        conda spec replaces a curated one of the same name."""
+        requested = [UserRequirement(s) if isinstance(s, str) else s for s in pip]
+        merged = merge_pip(self.python.pip_packages, requested, owner=self.name)
         conda_names = {re.split(r"[=<>!~ ]", s, maxsplit=1)[0].lower() for s in conda}
         kept_conda = [
             s
@@ -191,6 +205,7 @@ class Environment(BaseModel):
             if re.split(r"[=<>!~ ]", s, maxsplit=1)[0].lower() not in conda_names
         ]
         section = self.python.model_copy(
-            update={"pip_packages": kept + list(pip), "conda_packages": kept_conda + list(conda)}
+            update={"pip_packages": merged.packages, "conda_packages": kept_conda + list(conda)}
         )
-        return self.model_copy(update={"python": section})
+        overrides = self.pin_overrides + merged.overrides
+        return self.model_copy(update={"python": section, "pin_overrides": overrides})

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from fitdock.environments.catalogue import Framework, load_catalogue
 from fitdock.environments.files import read_conda_file, read_requirements
+from fitdock.environments.pins import UserRequirement
 from fitdock.environments.spec import DockerSection, Environment
 from fitdock.errors import SpecError
 from fitdock.estimators.args import EstimatorArgs, node_count, per_node, validate_args
@@ -166,29 +167,30 @@ class Estimator:
         row = load_catalogue().lookup(self._FRAMEWORK, args.framework_version, args.use_gpu)
         env = row.to_environment()
         python = env.python
+        requested: list[UserRequirement] = []
         if args.conda_dependencies_file is not None:
             conda = read_conda_file(
                 self._resolve(args.conda_dependencies_file), "conda_dependencies_file"
             )
-            # A conda file means: no framework packages (Azure's rule).
+            # A conda file means: no framework packages (Azure's rule), so no curated pins.
             python = python.model_copy(
                 update={
                     "conda_packages": conda["conda"],
-                    "pip_packages": conda["pip"],
+                    "pip_packages": [],
                     "channels": conda["channels"],
                     "python_version": conda["python_version"] or python.python_version,
                 }
             )
+            requested += [UserRequirement(s, "conda_dependencies_file") for s in conda["pip"]]
         env = env.model_copy(update={"python": python})
-        extra_pip = list(args.pip_packages or [])
         if args.pip_requirements_file is not None:
-            extra_pip = (
-                read_requirements(
-                    self._resolve(args.pip_requirements_file), "pip_requirements_file"
-                )
-                + extra_pip
+            lines = read_requirements(
+                self._resolve(args.pip_requirements_file), "pip_requirements_file"
             )
-        env = env.with_packages(conda=list(args.conda_packages or []), pip=extra_pip)
+            requested += [UserRequirement(s, "pip_requirements_file") for s in lines]
+        requested += [UserRequirement(s) for s in args.pip_packages or []]
+        # Curated pins hold unless the user gives a version (see environments.pins).
+        env = env.with_packages(conda=list(args.conda_packages or []), pip=requested)
         docker = DockerSection(
             enabled=args.use_docker,
             base_image=args.custom_docker_image or env.docker.base_image,
