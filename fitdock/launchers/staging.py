@@ -1,9 +1,12 @@
 """Staging a run to hosts without a shared filesystem, through their launch agent.
 
 Before an attempt each host receives the snapshot (and the resume copy and the
-links to inputs) at the run's own path; after it, each host's logs, outputs,
-checkpoints and metrics come back and are merged into the run here. Archives are
-made and read with ``tarfile``; the remote side runs ``tar`` through the agent.
+links to inputs) at the run's own path, with empty ``logs/``, ``outputs/`` and
+``checkpoints/`` folders for the ranks to write to (the snapshot's ``outputs`` and
+``logs`` links, which ``tarfile`` keeps as links, point at the first two); after it,
+each host's logs, outputs, checkpoints and metrics come back and are merged into the
+run here. Archives are made and read with ``tarfile``; the remote side runs ``tar``
+through the agent.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from fitdock.launchers.process import transfer
 from fitdock.runs.store import RunDir
 
 OUTBOUND = ("snapshot", "resume", "inputs")
+EMPTY = ("logs", "outputs", "checkpoints")  # sent as folders without their files
 INBOUND = ("logs", "outputs", "checkpoints", "metrics.jsonl", "heartbeat")
 
 
@@ -33,6 +37,9 @@ def stage_in(hosts: Hosts, names: list[str], run: RunDir) -> None:
             for name in OUTBOUND:
                 if (run.path / name).exists():
                     tar.add(run.path / name, arcname=name)
+            for name in EMPTY:
+                if (run.path / name).is_dir():
+                    tar.add(run.path / name, arcname=name, recursive=False)
         target = shlex.quote(str(run.path))
         remote = f"mkdir -p {target} && tar -C {target} -xf -"
         for host in names:

@@ -1,9 +1,12 @@
 """Run records on disk: ``$FITDOCK_HOME/runs/<run id>/``.
 
 run.json        the record (written atomically: a crash never leaves half a file)
-snapshot/       the source directory as it was submitted
-logs/           rank_<r>.stdout.log, rank_<r>.stderr.log, rank_<r>.exit.json, launcher.log
-outputs/        what the script writes to FITDOCK_OUTPUT_DIR
+snapshot/       the source directory as it was submitted: the job's working directory
+  outputs       link to ../outputs (runs/workdir.py), so ./outputs is the run's outputs/
+  logs          link to ../logs; a source's own outputs/ or logs/ files are moved there
+logs/           rank_<r>.stdout.log, rank_<r>.stderr.log, rank_<r>.exit.json, launcher.log,
+                and what the script writes to FITDOCK_LOG_DIR (= ./logs)
+outputs/        what the script writes to FITDOCK_OUTPUT_DIR (= ./outputs)
 checkpoints/    what the script writes to FITDOCK_CHECKPOINT_DIR
 resume/         a read-only copy of the checkpoint this run resumes from
 inputs/         links to the named inputs
