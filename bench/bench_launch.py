@@ -63,12 +63,15 @@ def python_case(work: Path) -> Case:
     return run
 
 
-def fitdock_case(work: Path, report: Report, ranks: int) -> Case:
+def fitdock_case(work: Path, report: Report, ranks: int, launcher: str | None = None) -> Case:
+    """``fit()`` of the no-op; with ranks, through ``launcher``, the raw case's own (the
+    same launcher on both sides: ``Mpi()`` alone may pick another where Horovod is
+    installed, since its launcher must match Horovod's MPI)."""
     from fitdock import Estimator, Mpi, RunStatus
 
     options: dict[str, Any] = {}
     if ranks > 1:
-        options = {"process_count_per_node": ranks, "distributed_training": Mpi()}
+        options = {"process_count_per_node": ranks, "distributed_training": Mpi(mpirun=launcher)}
 
     def case() -> float:
         estimator = Estimator(work, entry_script="noop.py", user_managed=True, **options)
@@ -150,7 +153,7 @@ def launch_cases(
     if launcher is not None:
         report.data["mpi_launcher"] = launcher
         cases["mpiexec"] = mpiexec_case(work, launcher, ranks=2)
-        cases["fitdock_mpi"] = fitdock_case(work, report, ranks=2)
+        cases["fitdock_mpi"] = fitdock_case(work, report, ranks=2, launcher=launcher)
     if installed("submitit"):
         cases.update(submitit_cases(work, scratch / "submitit"))
     if installed("torchx"):

@@ -7,6 +7,8 @@
     ├── SnapshotError                 source directory missing, or over the size/file limits
     ├── EnvironmentResolutionError    unknown framework version, unknown catalogue entry
     ├── LauncherNotFoundError         mpirun/mpiexec (or another launcher) is not installed
+    ├── MpiMismatchError              no launcher of the MPI that the job's libraries load
+    │                                 .launchers, .libraries (found before any rank starts)
     ├── RunNotFoundError              no run record with that id
     └── RunFailedError                wait_for_completion(raise_on_error=True) on a failed run
                                       .run_id, .status, .error (which rank, exit code, stderr tail)
@@ -16,6 +18,7 @@ Each message says what to change. Lower-level errors are chained with ``from``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -45,6 +48,16 @@ class EnvironmentResolutionError(FitdockError, ValueError):
 
 class LauncherNotFoundError(FitdockError):
     """A launcher program (mpirun, mpiexec, ...) is not installed."""
+
+
+class MpiMismatchError(FitdockError):
+    """No MPI launcher matches the MPI library the job loads: its ranks would not form
+    one world. ``launchers`` and ``libraries`` are what was found on each side."""
+
+    def __init__(self, message: str, launchers: Sequence[Any], libraries: Sequence[Any]) -> None:
+        super().__init__(message)
+        self.launchers = tuple(launchers)
+        self.libraries = tuple(libraries)
 
 
 class RunNotFoundError(FitdockError, LookupError):

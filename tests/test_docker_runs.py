@@ -116,6 +116,9 @@ def test_two_mpi_ranks_in_a_container_then_a_cache_hit(source: Path) -> None:
         }
         assert record["numpy"].startswith("1.")
     assert first.get_metrics() == {"sum": [3, 3]}
+    chosen = first.record["env"]["FITDOCK_MPI"]  # probed in the image: its own launcher
+    assert chosen.startswith("MPICH") and "/opt/fitdock/venv/bin/" in chosen
+    assert "mpi4py: MPICH" in chosen
     second = in_docker(source).fit()
     assert second.status is RunStatus.COMPLETED, second.error
     build = second.record["environment_build"]
@@ -124,6 +127,20 @@ def test_two_mpi_ranks_in_a_container_then_a_cache_hit(source: Path) -> None:
     assert build["seconds"] < 1.0
     assert any(line.startswith("mpi4py==") for line in build["packages"])  # what is installed
     assert not containers(first.id) and not containers(second.id)
+
+
+def test_an_image_whose_mpi4py_cannot_use_its_launcher_fails_before_any_rank(
+    source: Path,
+) -> None:
+    """The user pins mpi4py to Open MPI's library, which the image does not hold: its ranks
+    could not form one world with the image's MPICH, so none starts."""
+    run = in_docker(source, environment_variables={"MPI4PY_LIBMPI": "libmpi.so.40"}).fit()
+    assert run.status is RunStatus.FAILED
+    assert run.error is not None and run.error["reason"] == "mpi_mismatch", run.error
+    message = run.error["message"]
+    assert "in image fitdock-env:" in message and "MPICH" in message
+    assert "mpi4py loads no MPI library by itself" in message
+    assert not list(run.log_dir.glob("rank_*"))
 
 
 def test_a_failing_rank_in_a_container_stops_the_other(source: Path) -> None:

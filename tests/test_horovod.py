@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from fitdock import Horovod, Mpi, PyTorch, RunStatus
+from fitdock.errors import MpiMismatchError
 from fitdock.launchers.horovod import horovodrun_argv
+
+MPICH_HERE = str(Path(sys.executable).parent / "mpiexec")  # the mpi extra's MPICH
 
 SCRIPT = """\
 import os, sys
@@ -49,11 +53,34 @@ def check_allreduce(run) -> None:  # type: ignore[no-untyped-def]
 @pytest.mark.horovod
 @pytest.mark.parametrize(
     "config",
-    [Horovod(), Horovod(launcher="horovodrun"), Horovod(controller="gloo", launcher="horovodrun")],
-    ids=["mpirun", "horovodrun-mpi", "horovodrun-gloo"],
+    [
+        Horovod(),
+        Horovod(launcher="horovodrun"),
+        Horovod(controller="gloo", launcher="horovodrun"),
+        Mpi(),  # the launcher of the MPI Horovod links to, found by probing the environment
+    ],
+    ids=["mpirun", "horovodrun-mpi", "horovodrun-gloo", "plain-mpi"],
 )
-def test_horovod_allreduce_on_two_ranks(source: Path, config: Horovod) -> None:
+def test_horovod_allreduce_on_two_ranks(source: Path, config: Horovod | Mpi) -> None:
     check_allreduce(fit(source, config))
+
+
+@pytest.mark.horovod
+def test_a_horovod_job_refuses_a_launcher_of_another_mpi(source: Path) -> None:
+    """Horovod is built against Open MPI (scripts/build-horovod.sh); MPICH's mpiexec would
+    start two worlds of one."""
+    with pytest.raises(MpiMismatchError, match=r"horovod loads Open MPI \(libmpi.so.40\)"):
+        fit(source, Horovod(mpirun=MPICH_HERE))
+
+
+@pytest.mark.horovod
+def test_the_guard_stops_horovod_in_a_world_of_one(source: Path) -> None:
+    """An Mpi() job names MPICH's launcher itself (its script might not use Horovod, so
+    that is allowed); when the script does call hvd.init(), the guard fails it at once."""
+    run = fit(source, Mpi(mpirun=MPICH_HERE))
+    assert run.status is RunStatus.FAILED
+    assert run.error is not None and run.error["reason"] == "world_size_mismatch", run.error
+    assert "Horovod formed an MPI world of 1 rank(s), but 2 were started" in run.error["message"]
 
 
 @pytest.mark.horovod

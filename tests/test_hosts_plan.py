@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from fitdock import Estimator, Hosts, Mpi, PyTorch, PyTorchConfiguration
+from fitdock.distributions.mpimatch import MpiMatch
 from fitdock.errors import SpecError
 from fitdock.estimators.compute import Host
 from fitdock.launchers import hosts as hosts_target
@@ -23,10 +24,16 @@ def source(tmp_path: Path) -> Path:
     return tmp_path / "src"
 
 
+def chosen(monkeypatch: pytest.MonkeyPatch, launcher: MpiLauncher) -> None:
+    """The launcher the MPI match would choose: these plans reach no host to probe
+    (tests/test_hosts_runs.py probes real ones)."""
+    choice = MpiMatch(launcher, {"MPI4PY_LIBMPI": "libmpi.so.40"})
+    monkeypatch.setattr(hosts_target.mpijob, "on_host", lambda *args: choice)
+
+
 @pytest.fixture
 def open_mpi(monkeypatch: pytest.MonkeyPatch) -> None:
-    launcher = MpiLauncher("/usr/bin/mpirun", Flavor.OPEN_MPI, "4.1.4")
-    monkeypatch.setattr(hosts_target.mpi, "find_launcher", lambda config: launcher)
+    chosen(monkeypatch, MpiLauncher("/usr/bin/mpirun", Flavor.OPEN_MPI, "4.1.4"))
 
 
 def test_host_parsing_and_hostfile(tmp_path: Path) -> None:
@@ -113,8 +120,7 @@ def test_shape_must_fit_the_hosts(
 
 
 def test_mpich_needs_a_one_program_agent(source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    launcher = MpiLauncher("/x/mpiexec", Flavor.MPICH, "5.0")
-    monkeypatch.setattr(hosts_target.mpi, "find_launcher", lambda config: launcher)
+    chosen(monkeypatch, MpiLauncher("/x/mpiexec", Flavor.MPICH, "5.0"))
     est = Estimator(
         source, entry_script="train.py", compute_target=Hosts(["n1:1", "n2:1"], agent=("/a",)),
         node_count=2, distributed_training=Mpi(), user_managed=True,

@@ -11,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from fitdock import Estimator, Horovod, Mpi, PyTorchConfiguration, Slurm
+from fitdock.distributions.mpimatch import MpiMatch
 from fitdock.errors import NotAvailableError, SpecError
 from fitdock.launchers import sbatch
 from fitdock.launchers import slurm as slurm_target
@@ -95,7 +96,8 @@ def test_mpirun_inside_the_allocation_when_asked(
     source: Path, monkeypatch: pytest.MonkeyPatch, golden: object
 ) -> None:
     launcher = MpiLauncher("/usr/bin/mpirun", Flavor.OPEN_MPI, "4.1.4")
-    monkeypatch.setattr(slurm_target.horovod.mpi, "find_launcher", lambda config: launcher)
+    chosen = MpiMatch(launcher, {"MPI4PY_LIBMPI": "libmpi.so.40"})
+    monkeypatch.setattr(slurm_target.mpijob, "on_this_machine", lambda *args: chosen)
     monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the golden file is not for root
     est = estimator(
         source,

@@ -130,6 +130,8 @@ def test_two_mpi_ranks_through_srun_pmix(
     assert {record["ranks"][r]["exit_code"] for r in ("0", "1")} == {0}
     script = Path(record["slurm"]["script"]).read_text()
     assert "srun --kill-on-bad-exit=1 --ntasks=2 --mpi=pmix" in script
+    # srun's PMIx needs Open MPI: the PyPI mpi4py, which loads MPICH first, is switched
+    assert "mpi4py switched with MPI4PY_LIBMPI=libmpi.so.40" in record["env"]["FITDOCK_MPI"]
     assert f"[rank 1] {json.dumps(lines[1])}" in capsys.readouterr().out  # show_output followed
 
 

@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import fitdock
+from fitdock.distributions import mpijob
+from fitdock.distributions.mpimatch import MpiMatch
 from fitdock.environments.dockerfile import VENV, BuildTier, tier_of
 from fitdock.errors import NotAvailableError, SpecError
 from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.estimators.spec import JobSpec
+from fitdock.launchers import mpi
 from fitdock.launchers.jobtree import RANK_MODE
 from fitdock.launchers.plan import LaunchPlan
-from fitdock.launchers.process import reaper_argv
+from fitdock.launchers.process import reaper_argv, tool
 from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
 from fitdock.launchers.variables import free_port, job_variables
 from fitdock.runs.store import RunDir
@@ -108,22 +111,15 @@ def _python(spec: JobSpec) -> str:
     return f"{VENV}/bin/python"
 
 
-def _inner_command(spec: JobSpec, run: RunDir, python: str, env: dict[str, str]) -> list[str]:
+def _inner_command(
+    spec: JobSpec, run: RunDir, python: str, env: dict[str, str], chosen: MpiMatch | None
+) -> list[str]:
     wrapped = [python, "-I", "-S", JOBTREE, RANK_MODE, str(run.logs), "--"]
     wrapped += [python, spec.entry_script, *spec.arguments]
     config = spec.distribution
-    if isinstance(config, Horovod):
-        config = config.as_mpi()
-    if isinstance(config, Mpi):
-        mpi = str(spec.environment.platform.mpi or "")
-        if "Open MPI" in mpi:
-            launcher = [config.mpirun or "mpirun", "-n", str(spec.world_size), "--bind-to", "none"]
-            launcher += ["--oversubscribe"]
-            if os.getuid() == 0:
-                env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-        else:
-            launcher = [config.mpirun or "mpiexec", "-n", str(spec.world_size), "-launcher", "fork"]
-        return [*launcher, *config.extra_args, *wrapped]
+    if isinstance(config, (Mpi, Horovod)):
+        assert chosen is not None
+        return mpi.mpi_argv(chosen.launcher, mpijob.settings(config), spec.world_size, wrapped)
     if isinstance(config, PyTorchConfiguration):
         env.update(torchrun_env(config))
         return torchrun_argv(python, config, 1, spec.process_count_per_node, wrapped, run_id=run.id)
@@ -131,12 +127,35 @@ def _inner_command(spec: JobSpec, run: RunDir, python: str, env: dict[str, str])
     return wrapped
 
 
+def _image_id(image: str) -> str | None:
+    """The image's id, or None when it is not built yet (or no engine answers)."""
+    code, out, _err = tool(["docker", "image", "inspect", "--format", "{{.Id}}", image])
+    return out.strip() if code == 0 and out.strip() else None
+
+
+def _mpi(spec: JobSpec, run: RunDir, python: str, env: dict[str, str]) -> MpiMatch | None:
+    """The MPI launcher in the image that the image's own libraries load (checked once the
+    image exists), and its variables with the world-size guard."""
+    config = spec.distribution
+    if not isinstance(config, (Mpi, Horovod)):
+        return None
+    image = image_of(spec)
+    user_env = spec.environment.environment_variables
+    probe = ["docker", "run", "--rm", "--network", "none", "--user", f"{os.getuid()}:{os.getgid()}"]
+    for name, value in sorted(user_env.items()):
+        probe += ["-e", f"{name}={value}"]
+    chosen = mpijob.in_image(config, image, _image_id(image), python, probe, user_env)
+    env.update(mpijob.variables(chosen, run, spec.world_size, LIBRARY))
+    return chosen
+
+
 def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
     check(spec)
     python = _python(spec)
     env = job_variables(spec, run, resume_dir, hosts=["localhost"])
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONPATH=LIBRARY)
-    inner = _inner_command(spec, run, python, env)
+    chosen = _mpi(spec, run, python, env)
+    inner = _inner_command(spec, run, python, env, chosen)
     argv = ["docker", "run", "-i", "--rm", "--name", f"fitdock-{run.id}"]
     argv += ["--user", f"{os.getuid()}:{os.getgid()}", "--workdir", str(run.snapshot)]
     argv += ["--stop-timeout", str(math.ceil(spec.termination_grace_seconds))]
@@ -166,6 +185,9 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
         cwd=str(run.snapshot),
         world_size=spec.world_size,
         interpreter=python,
-        notes=[f"image: {image_of(spec)} ({tier_of(spec.environment).value} build)"],
+        notes=[
+            f"image: {image_of(spec)} ({tier_of(spec.environment).value} build)",
+            *([f"MPI: {chosen.describe()}"] if chosen is not None else []),
+        ],
         relay_orders=True,
     )

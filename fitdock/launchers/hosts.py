@@ -13,11 +13,12 @@ import hashlib
 import shlex
 from pathlib import Path
 
+from fitdock.distributions import mpijob
 from fitdock.errors import NotAvailableError, SpecError
 from fitdock.estimators.compute import Hosts
 from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.estimators.spec import JobSpec
-from fitdock.launchers import horovod, local, mpi, staging
+from fitdock.launchers import local, mpi, staging
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.launchers.process import rank_wrapper_argv
 from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
@@ -79,9 +80,12 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
         env.update(torchrun_env(config))
         commands = _torchrun_commands(spec, hosts, python, wrapped, env, run)
     elif isinstance(config, (Mpi, Horovod)):
-        launcher, config = horovod.mpi_job(config)
-        env.update(mpi.mpi_env(launcher))
-        commands = [_mpi_argv(launcher, config, hosts, spec, env, wrapped, run)]
+        user_env = spec.environment.environment_variables
+        chosen = mpijob.on_host(config, python, hosts.agent_argv(), used[0].name, user_env)
+        env.update(mpijob.variables(chosen, run, spec.world_size, None))
+        settings = mpijob.settings(config)
+        commands = [_mpi_argv(chosen.launcher, settings, hosts, spec, env, wrapped, run)]
+        notes.append(f"MPI: {chosen.describe()}")
     else:
         commands = [
             _remote(hosts, used[0].name, run, env | {"RANK": "0", "WORLD_SIZE": "1"}, wrapped)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fitdock.distributions import mpijob
 from fitdock.errors import NotAvailableError, SpecError
 from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.estimators.spec import JobSpec
@@ -21,7 +22,7 @@ from fitdock.launchers import horovod, mpi
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.launchers.process import rank_wrapper_argv
 from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
-from fitdock.launchers.variables import free_port, job_variables
+from fitdock.launchers.variables import base_environment, free_port, job_variables
 from fitdock.runs.store import RunDir
 
 NAME = "local"
@@ -88,20 +89,23 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
     env = job_variables(spec, run, resume_dir, hosts=[socket.gethostname()])
     env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     config = spec.distribution
-    if isinstance(config, Horovod) and config.launcher == "horovodrun":
-        path = horovod.find_horovodrun(config)
-        argv = horovod.horovodrun_argv(path, config, spec.world_size, None, wrapped)
-        if config.controller == "mpi":  # horovodrun runs the first mpirun on PATH: Horovod's own
-            launcher = horovod.mpi_for(config)
-            env.update(mpi.mpi_env(launcher))
-            env["PATH"] = os.pathsep.join(
-                [os.path.dirname(launcher.path), os.environ.get("PATH", "")]
-            )
-    elif isinstance(config, (Mpi, Horovod)):
-        launcher, config = horovod.mpi_job(config)
-        argv = mpi.mpi_argv(launcher, config, spec.world_size, wrapped)
-        env.update(mpi.mpi_env(launcher))
-        env["FITDOCK_MPI"] = f"{launcher.flavor.value} {launcher.version}".strip()
+    if isinstance(config, (Mpi, Horovod)):
+        gloo = isinstance(config, Horovod) and config.controller == "gloo"
+        user_env = spec.environment.environment_variables
+        probe_env = {**base_environment(), **user_env}
+        chosen = None if gloo else mpijob.on_this_machine(config, python, probe_env, user_env)
+        pythonpath = os.environ.get("PYTHONPATH")
+        env.update(mpijob.variables(chosen, run, spec.world_size, pythonpath))
+        if isinstance(config, Horovod) and config.launcher == "horovodrun":
+            path = horovod.find_horovodrun(config)
+            argv = horovod.horovodrun_argv(path, config, spec.world_size, None, wrapped)
+            if chosen is not None:  # horovodrun runs the first mpirun on PATH: the chosen one
+                env["PATH"] = os.pathsep.join(
+                    [os.path.dirname(chosen.launcher.path), os.environ.get("PATH", "")]
+                )
+        else:
+            assert chosen is not None  # Horovod's Gloo controller is started by horovodrun
+            argv = mpi.mpi_argv(chosen.launcher, mpijob.settings(config), spec.world_size, wrapped)
     elif isinstance(config, PyTorchConfiguration):
         argv = torchrun_argv(python, config, 1, spec.process_count_per_node, wrapped, run_id=run.id)
         env.update(torchrun_env(config))

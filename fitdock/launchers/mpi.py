@@ -32,54 +32,57 @@ class MpiLauncher:
 
 
 def find_launcher(config: Mpi, flavor: Flavor | None = None) -> MpiLauncher:
-    """The launcher named in ``Mpi(mpirun=...)``, else the one beside this interpreter
-    (where the ``fitdock[mpi]`` extra puts it), else the first on PATH; with ``flavor``,
-    the first of those (then /usr/bin) that is of that MPI family."""
-    if flavor is not None and not config.mpirun:
-        return _find_flavor(flavor)
-    if config.mpirun:
-        path = shutil.which(config.mpirun)
-        if path is None:
-            raise LauncherNotFoundError(
-                f"Mpi(mpirun={config.mpirun!r}) is not an executable program"
-            )
-        return _identify(path)
-    beside = Path(sys.executable).parent
-    for name in NAMES:
-        if (beside / name).is_file() and os.access(beside / name, os.X_OK):
-            return _identify(str(beside / name))
-    for name in NAMES:
-        path = shutil.which(name)
-        if path:
-            return _identify(path)
+    """The launcher named in ``Mpi(mpirun=...)``, else the first of ``search_paths()``;
+    with ``flavor``, the first of that MPI family. (Jobs pick theirs through
+    ``distributions.mpimatch``, which also asks the job's own libraries.)"""
+    for path in search_paths(config):
+        launcher = identify(path)
+        if flavor is None or launcher.flavor is flavor:
+            return launcher
+    if flavor is not None:
+        raise LauncherNotFoundError(f"no {flavor.value} mpirun found")
     raise LauncherNotFoundError(
         "no mpirun or mpiexec found: install an MPI with `pip install 'fitdock[mpi]'` "
         "(MPICH from PyPI), or `apt-get install openmpi-bin`, or pass Mpi(mpirun='/path/to/mpirun')"
     )
 
 
-def _find_flavor(flavor: Flavor) -> MpiLauncher:
-    folders = [
-        str(Path(sys.executable).parent),
-        *os.environ.get("PATH", "").split(os.pathsep),
-        "/usr/bin",
-    ]
-    seen = set()
+def search_paths(config: Mpi, python: str | None = None) -> list[str]:
+    """Where a launcher is looked for, in order: ``Mpi(mpirun=...)`` alone when given; else
+    beside the job's interpreter (a virtualenv's own MPI), beside this interpreter (where
+    the ``fitdock[mpi]`` extra puts one), on PATH, and in /usr/bin. Cheap: no program runs."""
+    if config.mpirun:
+        path = shutil.which(config.mpirun)
+        if path is None:
+            raise LauncherNotFoundError(
+                f"Mpi(mpirun={config.mpirun!r}) is not an executable program"
+            )
+        return [path]
+    folders = [str(Path(python).parent)] if python and os.sep in python else []
+    folders += [str(Path(sys.executable).parent), *os.environ.get("PATH", "").split(os.pathsep)]
+    folders.append("/usr/bin")
+    found: list[str] = []
+    seen: set[str] = set()
     for folder in folders:
         for name in NAMES:
             path = os.path.join(folder, name)
-            if path in seen or not os.access(path, os.X_OK):
+            if not folder or not os.access(path, os.X_OK) or os.path.isdir(path):
                 continue
-            seen.add(path)
-            launcher = _identify(path)
-            if launcher.flavor is flavor:
-                return launcher
-    raise LauncherNotFoundError(f"no {flavor.value} mpirun found (needed by the library in use)")
+            real = os.path.realpath(path)
+            if real not in seen:
+                seen.add(real)
+                found.append(path)
+    return found
 
 
-@functools.lru_cache(maxsize=8)
-def _identify(path: str) -> MpiLauncher:
+@functools.lru_cache(maxsize=32)
+def identify(path: str) -> MpiLauncher:
+    """Which MPI a launcher belongs to, from its ``--version``."""
     code, text = capture([path, "--version"], timeout=20)
+    return parse_version(path, code, text)
+
+
+def parse_version(path: str, code: int, text: str) -> MpiLauncher:
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     if "Open MPI" in text or "OpenRTE" in text:
         return MpiLauncher(path, Flavor.OPEN_MPI, first.split()[-1])
@@ -110,10 +113,6 @@ def mpi_argv(launcher: MpiLauncher, config: Mpi, processes: int, command: list[s
 def mpi_env(launcher: MpiLauncher) -> dict[str, str]:
     """Variables the launcher needs; as root Open MPI refuses to start without them."""
     env: dict[str, str] = {}
-    if launcher.flavor is Flavor.OPEN_MPI:
-        # mpi4py's PyPI wheel picks an MPI library at import time; under Open MPI's launcher
-        # it must be Open MPI's, else it aborts (a PMIx error) when MPICH is installed too.
-        env["MPI4PY_LIBMPI"] = os.environ.get("MPI4PY_LIBMPI", "libmpi.so.40")
-        if os.geteuid() == 0:
-            env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    if launcher.flavor is Flavor.OPEN_MPI and os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     return env

@@ -112,6 +112,19 @@ def rank_error(logs: Path, failure: dict[str, Any]) -> dict[str, Any]:
         f"signal {failure['signal']}" if failure["signal"] else f"exit code {failure['exit_code']}"
     )
     last = stderr_tail.splitlines()[-1] if stderr_tail else "(no stderr)"
+    world = _world_mismatch(logs, rank)
+    if world is not None:
+        return {
+            "reason": "world_size_mismatch",
+            "rank": rank,
+            "host": failure["host"],
+            "exit_code": failure["exit_code"],
+            "signal": failure["signal"],
+            "world_size": world.get("size"),
+            "expected": world.get("expected"),
+            "stderr_tail": stderr_tail,
+            "message": f"rank {rank} on {failure['host']}: {world.get('message', '')}",
+        }
     return {
         "reason": "rank_failed",
         "rank": rank,
@@ -121,3 +134,13 @@ def rank_error(logs: Path, failure: dict[str, Any]) -> dict[str, Any]:
         "stderr_tail": stderr_tail,
         "message": f"rank {rank} on {failure['host']} failed with {how}: {last}",
     }
+
+
+def _world_mismatch(logs: Path, rank: int) -> dict[str, Any] | None:
+    """What the world-size guard (``jobside/worldguard.py``) wrote for ``rank``, if it
+    stopped that rank."""
+    try:
+        found: dict[str, Any] = json.loads((logs / f"rank_{rank}.world.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return found

@@ -160,7 +160,11 @@ def render(
             f"export VIRTUAL_ENV={shlex.quote(venv)}",
             f'export PATH={shlex.quote(path_first)}:"$PATH"',
         ]
-    lines += [f"export {name}={shlex.quote(value)}" for name, value in sorted(env.items())]
+    for name, value in sorted(env.items()):
+        if name == "PYTHONPATH":  # fitdock's part first, then the submitter's, if any
+            lines.append(f'export PYTHONPATH={shlex.quote(value)}"${{PYTHONPATH:+:$PYTHONPATH}}"')
+        else:
+            lines.append(f"export {name}={shlex.quote(value)}")
     lines.append('export SM_NUM_CPUS="${SLURM_CPUS_ON_NODE:-1}"')
     if isinstance(spec.distribution, PyTorchConfiguration) and spec.node_count > 1:
         lines += [f"export {HEAD_NODE}", f"export {RDZV_PORT}"]

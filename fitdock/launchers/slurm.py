@@ -19,20 +19,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fitdock.distributions import mpijob
 from fitdock.errors import FitdockError, NotAvailableError, SpecError
 from fitdock.estimators.compute import Slurm
 from fitdock.estimators.distribution import Horovod, Mpi
 from fitdock.estimators.spec import JobSpec
-from fitdock.launchers import (
-    horovod,
-    jobtree,
-    local,
-    mpi,
-    sbatch,
-    slurmctl,
-    slurmjob,
-    slurmrecord,
-)
+from fitdock.launchers import jobtree, local, sbatch, slurmctl, slurmjob, slurmrecord
+from fitdock.launchers.mpi import Flavor
 from fitdock.launchers.plan import LaunchPlan
 from fitdock.launchers.variables import base_environment, job_variables
 from fitdock.runs.status import RunStatus
@@ -94,18 +87,22 @@ def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
     env["SM_NUM_GPUS"] = str(config.gpus_per_node or 0)
     env["FITDOCK_TARGET"] = NAME
     mpirun = None
+    launcher = None
     distribution = spec.distribution
-    if isinstance(distribution, (Mpi, Horovod)) and sbatch.uses_mpirun(spec, config):
-        launcher, settings = horovod.mpi_job(distribution)
-        mpirun = [launcher.path, "-n", str(spec.world_size), *settings.extra_args]
-        env.update(mpi.mpi_env(launcher))
-    if mpirun is None or launcher.flavor is mpi.Flavor.OPEN_MPI:
+    if isinstance(distribution, (Mpi, Horovod)):
+        user_env = spec.environment.environment_variables
+        probe_env = {**base_environment(), **user_env}
+        if sbatch.uses_mpirun(spec, config):
+            chosen = mpijob.on_this_machine(distribution, python, probe_env, user_env)
+            settings = mpijob.settings(distribution)
+            mpirun = [chosen.launcher.path, "-n", str(spec.world_size), *settings.extra_args]
+        else:  # srun starts the ranks: mpi4py must load an MPI that speaks srun's PMI
+            chosen = mpijob.under_srun(distribution, config.srun_mpi, python, probe_env, user_env)
+        launcher = chosen.launcher
+        env.update(mpijob.variables(chosen, run, spec.world_size, None))  # sbatch appends
+    if launcher is None or mpirun is None or launcher.flavor is Flavor.OPEN_MPI:
         # Slurm (srun) and Open MPI's mpirun signal the script itself, not only its wrapper
         env["FITDOCK_RANK_FORWARD"] = "0"
-    if distribution is not None and mpirun is None:
-        # srun --mpi=pmix starts the ranks: mpi4py's PyPI wheel must load an MPI that speaks
-        # PMIx (Open MPI), not the PyPI MPICH it may find first.
-        env.setdefault("MPI4PY_LIBMPI", "libmpi.so.40")
     text = sbatch.render(spec, config, run, python, env, venv_bin, mpirun)
     script = run.path / "slurm" / sbatch.SCRIPT
     notes = [f"Slurm batch script {script}; submitted with sbatch when the run starts"]
@@ -148,9 +145,10 @@ def write_files(plan: LaunchPlan, run: RunDir) -> Path:
 
 def supervise(supervisor: Supervisor) -> None:
     """Submit the job and mirror its state in the run record until it ends."""
-    run, plan = supervisor.run_dir, supervisor.plan
+    run = supervisor.run_dir
     if not supervisor.prepare_environment():
         return
+    plan = supervisor.plan  # planned again in the prepared environment
     if supervisor.cancel_requested.is_set() or run.cancel_path.exists():
         run.update(
             status=RunStatus.CANCELED.value,

@@ -21,7 +21,7 @@ from fitdock.estimators.compute import Hosts
 from fitdock.launchers.process import transfer
 from fitdock.runs.store import RunDir
 
-OUTBOUND = ("snapshot", "resume", "inputs")
+OUTBOUND = ("snapshot", "resume", "inputs", "guard")  # guard: the MPI world-size guard
 EMPTY = ("logs", "outputs", "checkpoints")  # sent as folders without their files
 INBOUND = ("logs", "outputs", "checkpoints", "metrics.jsonl", "heartbeat")
 

@@ -8,6 +8,7 @@ import threading
 from pathlib import Path
 
 from fitdock._version import __version__
+from fitdock.distributions import mpijob
 from fitdock.errors import RunNotFoundError, SpecError
 from fitdock.estimators.spec import JobSpec
 from fitdock.launchers.plan import LaunchPlan
@@ -27,6 +28,7 @@ from fitdock.runs.store import (
     remove_tree,
     runs_root,
 )
+from fitdock.runs.workdir import link_run_folders
 
 
 def resolve_resume(resume_from: str | None) -> Path | None:
@@ -73,11 +75,13 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
             run.inputs,
         ):
             folder.mkdir(parents=True, exist_ok=True)
+        shipped = link_run_folders(run)
+        mpijob.install_guard(run)
         for name, path in spec.inputs.items():
             (run.inputs / name).symlink_to(path)
         resume_dir = copy_read_only(source, run.resume) if source else None
         plan = target.plan(spec, run, resume_dir)
-        run.write(_initial_record(spec, run, plan, summary, source, resume_dir))
+        run.write(_initial_record(spec, run, plan, summary, source, resume_dir, shipped))
     except BaseException:
         lock.release()
         remove_tree(run.path)
@@ -88,12 +92,14 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
     thread.start()
     if show_output:
         print(f"fitdock: run {run.id}: snapshot of {spec.source_directory}: {summary}", flush=True)
+        for folder in shipped:
+            print(f"fitdock: run {run.id}: {folder}", flush=True)
     if wait:
         handle.wait_for_completion(show_output=show_output, raise_on_error=False)
     return handle
 
 
-def _initial_record(spec, run, plan, summary, source, resume_dir) -> dict:  # type: ignore[no-untyped-def]
+def _initial_record(spec, run, plan, summary, source, resume_dir, shipped) -> dict:  # type: ignore[no-untyped-def]
     return {
         "id": run.id,
         "name": spec.name,
@@ -115,6 +121,7 @@ def _initial_record(spec, run, plan, summary, source, resume_dir) -> dict:  # ty
             "git_commit": _git_commit(spec.source_directory),
             "files": summary.files,
             "bytes": summary.bytes,
+            "shipped": {f.name: {"files": f.files, "bytes": f.bytes} for f in shipped},
         },
         "resume": {"from": spec.resume_from, "source_dir": str(source), "dir": str(resume_dir)}
         if resume_dir

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fitdock.errors import FitdockError
+from fitdock.errors import FitdockError, MpiMismatchError
 from fitdock.estimators.spec import JobSpec
 from fitdock.launchers.outcome import AttemptResult, first_failure, judge, read_rank_exits
 from fitdock.launchers.plan import LaunchPlan
@@ -81,8 +81,9 @@ class Supervisor:
 
     # ------------------------------------------------------------------ attempts
     def prepare_environment(self) -> bool:
-        """Build the environment (a venv, an image) before the first attempt; False when
-        that failed (the run is then Failed with the builder's message)."""
+        """Build the environment (a venv, an image) before the first attempt, then plan
+        again in it (the MPI launcher is chosen by what the built environment loads);
+        False when either failed (the run is then Failed with the message)."""
         prepare = getattr(self.target, "prepare", None)
         if prepare is None:
             return True
@@ -96,6 +97,15 @@ class Supervisor:
             self.run_dir.update(status=RunStatus.FAILED.value, ended_at=now_iso(), error=error)
             return False
         self.run_dir.update(environment_build=built)
+        try:
+            self.plan = self.target.plan(self.spec, self.run_dir, self.resume_dir)
+        except FitdockError as exc:
+            reason = "mpi_mismatch" if isinstance(exc, MpiMismatchError) else "plan"
+            error = {"reason": reason, "message": str(exc)}
+            self.run_dir.update(status=RunStatus.FAILED.value, ended_at=now_iso(), error=error)
+            return False
+        plan = self.plan
+        self.run_dir.update(argv=plan.argv, commands=plan.commands, env=plan.env)
         return True
 
     def _attempts(self) -> None:

@@ -1,0 +1,180 @@
+"""The MPI side of a job, for every target: its launcher (chosen by ``mpimatch`` where the
+job runs) and the variables its ranks get, the world-size guard among them.
+
+Each target asks one of ``on_this_machine`` (local, Slurm's mpirun), ``on_host`` (the
+hosts target: the job's Python on the first host, the launcher here), ``in_image``
+(docker: both in the image) or ``under_srun`` (Slurm's srun), then ``variables``.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from pathlib import Path
+
+from fitdock.distributions import mpimatch
+from fitdock.distributions.mpimatch import Candidate, MpiMatch
+from fitdock.estimators.distribution import Horovod, Mpi
+from fitdock.launchers.mpi import Flavor, MpiLauncher, identify, mpi_env, search_paths
+from fitdock.launchers.process import tool
+from fitdock.runs.store import RunDir
+
+GUARD = "guard"  # <run>/guard/sitecustomize.py: a copy of jobside/worldguard.py
+GUARD_SOURCE = Path(__file__).parent.parent / "jobside" / "worldguard.py"
+PROBE_TIMEOUT = 60.0
+
+
+def settings(config: Mpi | Horovod) -> Mpi:
+    """The MPI settings of a job started by mpirun (Horovod's MPI controller is one)."""
+    return config.as_mpi() if isinstance(config, Horovod) else config
+
+
+def _optional(config: Mpi | Horovod) -> tuple[str, ...]:
+    """An ``Mpi()`` job prefers a launcher that Horovod's library suits too, but its script
+    may not use Horovod: only a Horovod job requires it."""
+    return () if isinstance(config, Horovod) else ("horovod",)
+
+
+def _pinned(user_env: dict[str, str]) -> bool:
+    return "MPI4PY_LIBMPI" in user_env or "MPI4PY_MPIABI" in user_env
+
+
+def _local_runner(argv: list[str], env: dict[str, str], where: str) -> mpimatch.Runner:
+    def run(extra: dict[str, str]) -> dict:  # type: ignore[type-arg]
+        code, out, err = tool(argv, timeout=PROBE_TIMEOUT, env={**env, **extra})
+        return mpimatch.parse_report(code, out, err, where)
+
+    return run
+
+
+def on_this_machine(
+    config: Mpi | Horovod, python: str, env: dict[str, str], user_env: dict[str, str]
+) -> MpiMatch:
+    """The launcher for ranks started here with ``python`` (``env``: the variables they
+    get, the caller's included). Before the job's environment exists (a dry run of a
+    virtualenv not built yet) the first launcher found, unchecked."""
+    paths = search_paths(settings(config), python)
+    where = "on this machine"
+    if not os.access(python, os.X_OK):
+        if not paths:
+            raise mpimatch.MpiMismatchError(f"no mpirun or mpiexec found {where}", (), ())
+        return MpiMatch(identify(paths[0]), checked=False)
+    key = ["local", *mpimatch.interpreter_key(python, env), *mpimatch.file_key(paths)]
+    probe = _local_runner([python, "-c", mpimatch.probe_code()], env, where)
+    return mpimatch.match(
+        probe,
+        lambda _report: [mpimatch.candidate_for(identify(path)) for path in paths],
+        where,
+        key=[*key, *_optional(config)],
+        user_pinned=_pinned(user_env),
+        optional=_optional(config),
+    )
+
+
+def on_host(
+    config: Mpi | Horovod, python: str, agent: Sequence[str], host: str, user_env: dict[str, str]
+) -> MpiMatch:
+    """The launcher here for ranks that run ``python`` on ``host`` (reached by ``agent``)."""
+    paths = search_paths(settings(config))
+    where = f"for host {host}"
+
+    def probe(extra: dict[str, str]) -> dict:  # type: ignore[type-arg]
+        assignments = [f"{k}={v}" for k, v in sorted({**user_env, **extra}.items())]
+        remote = shlex.join(["env", *assignments, python, "-c", mpimatch.probe_code()])
+        code, out, err = tool([*agent, host, remote], timeout=PROBE_TIMEOUT)
+        return mpimatch.parse_report(code, out, err, f"on host {host}")
+
+    variables = [f"{k}={v}" for k, v in sorted(user_env.items())]
+    key = ["hosts", *agent, host, python, *variables, *mpimatch.file_key(paths)]
+    return mpimatch.match(
+        probe,
+        lambda _report: [mpimatch.candidate_for(identify(path)) for path in paths],
+        where,
+        key=[*key, *_optional(config)],
+        user_pinned=_pinned(user_env),
+        optional=_optional(config),
+    )
+
+
+def in_image(
+    config: Mpi | Horovod,
+    image: str,
+    image_id: str | None,
+    python: str,
+    run_argv: Sequence[str],
+    user_env: dict[str, str],
+) -> MpiMatch:
+    """The launcher inside ``image`` (``run_argv``: ``docker run ...`` up to the image);
+    ``image_id`` None: the image is not built yet, so the launcher is unchecked."""
+    named = settings(config).mpirun
+    if image_id is None:
+        return MpiMatch(MpiLauncher(named or "mpirun", Flavor.UNKNOWN, ""), checked=False)
+    where = f"in image {image}"
+    argv = [*run_argv, image, python, "-c", mpimatch.probe_code(), "--launchers"]
+    if named:
+        argv.append(named)
+    probe = _local_runner(argv, dict(os.environ), where)
+    key = ["image", image_id, python, named or ""]
+    key += [f"{k}={v}" for k, v in sorted(user_env.items())]
+    return mpimatch.match(
+        probe,
+        mpimatch.candidates_of,
+        where,
+        key=[*key, *_optional(config)],
+        user_pinned=_pinned(user_env),
+        optional=_optional(config),
+    )
+
+
+def under_srun(
+    config: Mpi | Horovod,
+    srun_mpi: str,
+    python: str,
+    env: dict[str, str],
+    user_env: dict[str, str],
+) -> MpiMatch:
+    """Slurm's ``srun --mpi=pmix`` starts ranks that need a PMIx-speaking MPI (Open MPI);
+    ``pmi2`` suits MPICH."""
+    flavor = Flavor.OPEN_MPI if srun_mpi.startswith("pmix") else Flavor.MPICH
+    srun = MpiLauncher(f"srun --mpi={srun_mpi}", flavor, "")
+    candidate = Candidate(srun, mpimatch.SONAME[flavor])
+    if not os.access(python, os.X_OK):
+        return MpiMatch(srun, checked=False)
+    probe = _local_runner([python, "-c", mpimatch.probe_code()], env, "on this machine")
+    key = ["srun", srun_mpi, *mpimatch.interpreter_key(python, env)]
+    return mpimatch.match(
+        probe,
+        lambda _report: [candidate],
+        "for srun",
+        key=[*key, *_optional(config)],
+        user_pinned=_pinned(user_env),
+        optional=_optional(config),
+    )
+
+
+def variables(
+    chosen: MpiMatch | None, run: RunDir, world_size: int, pythonpath: str | None
+) -> dict[str, str]:
+    """What the ranks of an MPI or Horovod job get: the launcher's variables, mpi4py's
+    switch and a description of the choice (``FITDOCK_MPI``), unless no MPI launcher
+    starts them (Horovod's Gloo controller), and the world-size guard first on
+    ``PYTHONPATH`` (before ``pythonpath``, the path they would have had)."""
+    env: dict[str, str] = {}
+    if chosen is not None:
+        if not chosen.launcher.path.startswith("srun "):  # srun needs no mpirun settings
+            env.update(mpi_env(chosen.launcher))
+        env.update(chosen.env)
+        env["FITDOCK_MPI"] = chosen.describe()
+    env["FITDOCK_WORLD_SIZE"] = str(world_size)
+    guard = str(run.path / GUARD)
+    env["PYTHONPATH"] = os.pathsep.join([guard, pythonpath] if pythonpath else [guard])
+    return env
+
+
+def install_guard(run: RunDir) -> None:
+    """Copy the guard into the run (``<run>/guard/sitecustomize.py``), where every target's
+    ranks can read it."""
+    folder = run.path / GUARD
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_bytes(GUARD_SOURCE.read_bytes())
