@@ -168,10 +168,20 @@ def test_explicit_build_constraints_join_the_pins() -> None:
 
 
 def test_mpi_comes_from_apt_only_when_pypi_does_not_bring_one() -> None:
-    cpu = render(load_catalogue().get("chainer-7.8.1-cpu").to_environment()).dockerfile
-    gpu = render(load_catalogue().get("chainer-7.8.1-gpu").to_environment()).dockerfile
+    catalogue = load_catalogue()
+    cpu = render(catalogue.get("chainer-7.8.1-cpu").to_environment()).dockerfile
+    gpu = render(catalogue.get("chainer-7.8.1-gpu").to_environment()).dockerfile
+    base_gpu = render(catalogue.get("fitdock-base-gpu").to_environment()).dockerfile
     assert "openmpi-bin" not in cpu and "mpich" not in cpu.split("COPY")[0]
-    assert "python3-venv openmpi-bin" in gpu
+    # The GPU rows' mpi4py uses the row's own Open MPI from PyPI; the base row has no
+    # mpi4py and gets Open MPI from apt, as its platform says.
+    assert "openmpi-bin" not in gpu and "openmpi<6,>=5" in gpu_requirements()
+    assert "python3-venv openmpi-bin" in base_gpu
+
+
+def gpu_requirements() -> str:
+    build = render(load_catalogue().get("chainer-7.8.1-gpu").to_environment())
+    return build.context_files["requirements.txt"].decode()
 
 
 def test_python_from_the_distribution_or_a_uv_managed_one() -> None:

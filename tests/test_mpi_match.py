@@ -259,3 +259,23 @@ def test_srun_pmix_refuses_an_mpi4py_pinned_to_mpich(tmp_path: Path, fitdock_hom
     with pytest.raises(MpiMismatchError, match=r"srun --mpi=pmix.*mpi4py loads MPICH"):
         est.fit()
     assert run_dirs(fitdock_home) == []
+
+
+@pytest.mark.mpi
+def test_a_mismatch_found_after_the_environment_is_built_fails_the_run(tmp_path: Path) -> None:
+    """A virtualenv is probed once it is built (the plan before that could not look in it):
+    the run is then Failed with reason mpi_mismatch, and no rank started."""
+    if not Path(SYSTEM_OPEN_MPI).is_file() or not Path(MPICH_HERE).is_file():
+        pytest.skip("needs Debian's Open MPI and the mpi extra's MPICH")
+    source = write_script(tmp_path / "src", WORLD)
+    version = importlib.metadata.version("mpi4py")
+    run = Estimator(
+        source, entry_script="train.py", process_count_per_node=2,
+        distributed_training=Mpi(mpirun=MPICH_HERE), pip_packages=[f"mpi4py=={version}"],
+        environment_variables={"MPI4PY_LIBMPI": "libmpi.so.40"},
+    ).fit()  # fmt: skip
+    assert run.status is RunStatus.FAILED
+    assert run.error is not None and run.error["reason"] == "mpi_mismatch", run.error
+    assert "mpi4py loads Open MPI" in run.error["message"]
+    assert run.record["environment_build"]["venv"]
+    assert not list(run.log_dir.glob("rank_*"))
