@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from fitdock.distributions import mpimatch
 from fitdock.distributions.mpimatch import Candidate, MpiMatch
@@ -40,6 +41,30 @@ def _pinned(user_env: dict[str, str]) -> bool:
     return "MPI4PY_LIBMPI" in user_env or "MPI4PY_MPIABI" in user_env
 
 
+def _match(
+    config: Mpi | Horovod,
+    probe: mpimatch.Runner,
+    candidates: Callable[[dict[str, Any]], list[Candidate]],
+    where: str,
+    key: list[str],
+    user_env: dict[str, str],
+) -> MpiMatch:
+    optional = _optional(config)
+    return mpimatch.match(
+        probe,
+        candidates,
+        where,
+        key=[*key, *optional, *(f"{k}={v}" for k, v in sorted(user_env.items()))],
+        user_pinned=_pinned(user_env),
+        optional=optional,
+    )
+
+
+def _found_here(paths: list[str]) -> Callable[[dict[str, Any]], list[Candidate]]:
+    """Candidates from launchers on this machine (the probe's report is not needed)."""
+    return lambda _report: [mpimatch.candidate_for(identify(path)) for path in paths]
+
+
 def _local_runner(argv: list[str], env: dict[str, str], where: str) -> mpimatch.Runner:
     def run(extra: dict[str, str]) -> dict:  # type: ignore[type-arg]
         code, out, err = tool(argv, timeout=PROBE_TIMEOUT, env={**env, **extra})
@@ -62,14 +87,7 @@ def on_this_machine(
         return MpiMatch(identify(paths[0]), checked=False)
     key = ["local", *mpimatch.interpreter_key(python, env), *mpimatch.file_key(paths)]
     probe = _local_runner([python, "-c", mpimatch.probe_code()], env, where)
-    return mpimatch.match(
-        probe,
-        lambda _report: [mpimatch.candidate_for(identify(path)) for path in paths],
-        where,
-        key=[*key, *_optional(config)],
-        user_pinned=_pinned(user_env),
-        optional=_optional(config),
-    )
+    return _match(config, probe, _found_here(paths), where, key, user_env)
 
 
 def on_host(
@@ -85,16 +103,8 @@ def on_host(
         code, out, err = tool([*agent, host, remote], timeout=PROBE_TIMEOUT)
         return mpimatch.parse_report(code, out, err, f"on host {host}")
 
-    variables = [f"{k}={v}" for k, v in sorted(user_env.items())]
-    key = ["hosts", *agent, host, python, *variables, *mpimatch.file_key(paths)]
-    return mpimatch.match(
-        probe,
-        lambda _report: [mpimatch.candidate_for(identify(path)) for path in paths],
-        where,
-        key=[*key, *_optional(config)],
-        user_pinned=_pinned(user_env),
-        optional=_optional(config),
-    )
+    key = ["hosts", *agent, host, python, *mpimatch.file_key(paths)]
+    return _match(config, probe, _found_here(paths), where, key, user_env)
 
 
 def in_image(
@@ -116,15 +126,7 @@ def in_image(
         argv.append(named)
     probe = _local_runner(argv, dict(os.environ), where)
     key = ["image", image_id, python, named or ""]
-    key += [f"{k}={v}" for k, v in sorted(user_env.items())]
-    return mpimatch.match(
-        probe,
-        mpimatch.candidates_of,
-        where,
-        key=[*key, *_optional(config)],
-        user_pinned=_pinned(user_env),
-        optional=_optional(config),
-    )
+    return _match(config, probe, mpimatch.candidates_of, where, key, user_env)
 
 
 def under_srun(
@@ -143,14 +145,7 @@ def under_srun(
         return MpiMatch(srun, checked=False)
     probe = _local_runner([python, "-c", mpimatch.probe_code()], env, "on this machine")
     key = ["srun", srun_mpi, *mpimatch.interpreter_key(python, env)]
-    return mpimatch.match(
-        probe,
-        lambda _report: [candidate],
-        "for srun",
-        key=[*key, *_optional(config)],
-        user_pinned=_pinned(user_env),
-        optional=_optional(config),
-    )
+    return _match(config, probe, lambda _report: [candidate], "for srun", key, user_env)
 
 
 def variables(
