@@ -257,8 +257,8 @@ def death_run(work: Path, scratch: Path, launcher: str, report: Report) -> dict[
 
 def death_launchers(report: Report) -> list[str]:
     from fitdock import Mpi
+    from fitdock.distributions.mpi import Flavor, find_launcher
     from fitdock.errors import LauncherNotFoundError
-    from fitdock.launchers.mpi import Flavor, find_launcher
 
     found = ["torchrun"]
     with contextlib.suppress(LauncherNotFoundError):

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the fake-host helpers live with the t
 from netns import namespace_hosts, netns_unavailable  # noqa: E402
 
 from fitdock import Estimator, Hosts, Mpi, RunStatus  # noqa: E402
-from fitdock.launchers.process import RANK_MODE  # noqa: E402
+from fitdock.process import RANK_MODE  # noqa: E402
 
 TARGET_ADDED_MS = 200.0
 OPEN_MPI = "/usr/bin/mpirun"

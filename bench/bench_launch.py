@@ -89,7 +89,7 @@ def mpi_launcher() -> str | None:
     """The launcher fitdock would pick for ``Mpi()``: beside this interpreter, else on PATH."""
     try:
         from fitdock import Mpi
-        from fitdock.launchers.mpi import find_launcher
+        from fitdock.distributions.mpi import find_launcher
 
         return find_launcher(Mpi()).path
     except Exception:  # fitdock's internals moved, or no MPI at all

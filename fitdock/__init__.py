@@ -21,25 +21,25 @@ if TYPE_CHECKING:
     from fitdock.environments.spec import Environment
     from fitdock.errors import FitdockError
     from fitdock.estimators.base import Estimator
-    from fitdock.estimators.compute import Hosts, Slurm
-    from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
     from fitdock.estimators.frameworks import Chainer, PyTorch
-    from fitdock.runs.run import Run
+    from fitdock.execution.run import Run
     from fitdock.runs.status import RunStatus
+    from fitdock.specs.compute import Hosts, Slurm
+    from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
 
 _EXPORTS = {
     "Chainer": "fitdock.estimators.frameworks",
     "Environment": "fitdock.environments.spec",
     "Estimator": "fitdock.estimators.base",
     "FitdockError": "fitdock.errors",
-    "Horovod": "fitdock.estimators.distribution",
-    "Hosts": "fitdock.estimators.compute",
-    "Mpi": "fitdock.estimators.distribution",
-    "PyTorchConfiguration": "fitdock.estimators.distribution",
+    "Horovod": "fitdock.specs.distribution",
+    "Hosts": "fitdock.specs.compute",
+    "Mpi": "fitdock.specs.distribution",
+    "PyTorchConfiguration": "fitdock.specs.distribution",
     "PyTorch": "fitdock.estimators.frameworks",
-    "Run": "fitdock.runs.run",
+    "Run": "fitdock.execution.run",
     "RunStatus": "fitdock.runs.status",
-    "Slurm": "fitdock.estimators.compute",
+    "Slurm": "fitdock.specs.compute",
 }
 
 __all__ = [

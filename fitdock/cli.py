@@ -212,8 +212,8 @@ def _pairs(items: list[str]) -> dict[str, str]:
 def _estimator(framework: str, kwargs: dict[str, Any]) -> Any:
     import warnings
 
-    from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
     from fitdock.estimators.frameworks import Chainer, Estimator, PyTorch
+    from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
 
     cls = {"chainer": Chainer, "pytorch": PyTorch, "none": Estimator}[framework]
     if kwargs.get("distributed_backend") == "mpi":
@@ -249,7 +249,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- runs
 def cmd_runs_list(ns: argparse.Namespace) -> int:
-    from fitdock.runs.run import Run
+    from fitdock.execution.run import Run
 
     rows = []
     for run in Run.list()[-ns.limit :]:
@@ -268,7 +268,7 @@ def cmd_runs_list(ns: argparse.Namespace) -> int:
 
 
 def cmd_runs_show(ns: argparse.Namespace) -> int:
-    from fitdock.runs.run import Run
+    from fitdock.execution.run import Run
 
     run = Run(ns.run_id)
     print(json.dumps(run.record, indent=2, sort_keys=True) if ns.json else run.summary())
@@ -276,8 +276,8 @@ def cmd_runs_show(ns: argparse.Namespace) -> int:
 
 
 def cmd_runs_logs(ns: argparse.Namespace) -> int:
+    from fitdock.execution.run import Run
     from fitdock.runs.follow import LogFollower
-    from fitdock.runs.run import Run
 
     run = Run(ns.run_id)
     follower = LogFollower(run.log_dir)
@@ -289,14 +289,14 @@ def cmd_runs_logs(ns: argparse.Namespace) -> int:
 
 
 def cmd_runs_metrics(ns: argparse.Namespace) -> int:
-    from fitdock.runs.run import Run
+    from fitdock.execution.run import Run
 
     print(json.dumps(Run(ns.run_id).get_metrics(), indent=2))
     return 0
 
 
 def cmd_runs_cancel(ns: argparse.Namespace) -> int:
-    from fitdock.runs.run import Run
+    from fitdock.execution.run import Run
 
     run = Run(ns.run_id)
     if run.status.is_terminal:

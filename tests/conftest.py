@@ -91,9 +91,9 @@ def _quiet(argv: list[str], timeout: float = 60, env: dict[str, str] | None = No
 
 @functools.cache
 def _missing_mpi() -> str | None:
+    from fitdock.distributions.mpi import find_launcher
     from fitdock.errors import FitdockError
-    from fitdock.estimators.distribution import Mpi
-    from fitdock.launchers.mpi import find_launcher
+    from fitdock.specs.distribution import Mpi
 
     try:
         find_launcher(Mpi())

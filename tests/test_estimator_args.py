@@ -13,7 +13,7 @@ from fitdock import Chainer, Environment, Estimator, Mpi, PyTorch, RunStatus
 from fitdock.environments.catalogue import load_catalogue
 from fitdock.environments.spec import PythonSection
 from fitdock.errors import EnvironmentResolutionError, SpecError
-from fitdock.estimators.spec import script_params_to_argv
+from fitdock.specs.job import script_params_to_argv
 
 
 @pytest.fixture

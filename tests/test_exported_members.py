@@ -42,7 +42,7 @@ def test_all_is_pinned() -> None:
 def test_every_exported_name_resolves() -> None:
     for name in fitdock.__all__:
         assert getattr(fitdock, name) is not None, name
-    assert fitdock.Run.__module__ == "fitdock.runs.run"
+    assert fitdock.Run.__module__ == "fitdock.execution.run"
     assert issubclass(fitdock.Chainer, fitdock.Estimator)
     assert issubclass(fitdock.PyTorch, fitdock.Estimator)
     assert sorted(dir(fitdock)) == sorted(EXPECTED_ALL)

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from fitdock import Horovod, Mpi, PyTorch, RunStatus
+from fitdock.distributions.horovod import horovodrun_argv
 from fitdock.errors import MpiMismatchError
-from fitdock.launchers.horovod import horovodrun_argv
 
 MPICH_HERE = str(Path(sys.executable).parent / "mpiexec")  # the mpi extra's MPICH
 

@@ -10,11 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from fitdock import Estimator, Hosts, Mpi, PyTorch, PyTorchConfiguration
+from fitdock.distributions.mpi import Flavor, MpiLauncher
 from fitdock.distributions.mpimatch import MpiMatch
 from fitdock.errors import SpecError
-from fitdock.estimators.compute import Host
-from fitdock.launchers import hosts as hosts_target
-from fitdock.launchers.mpi import Flavor, MpiLauncher
+from fitdock.specs.compute import Host
+from fitdock.targets.hosts import target as hosts_target
 
 
 @pytest.fixture

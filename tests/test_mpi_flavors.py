@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fitdock import Estimator, Mpi, RunStatus
-from fitdock.launchers.mpi import Flavor, find_launcher, mpi_argv
+from fitdock.distributions.mpi import Flavor, find_launcher, mpi_argv
 
 SYSTEM_OPEN_MPI = "/usr/bin/mpirun"
 MPICH_BESIDE_PYTHON = str(Path(sys.executable).parent / "mpiexec")
@@ -93,7 +93,7 @@ def test_a_failing_rank_stops_the_other_and_is_named(mpi: Mpi, source: Path) -> 
 
 
 def test_open_mpi_argv_as_root_and_oversubscribed(monkeypatch: pytest.MonkeyPatch) -> None:
-    from fitdock.launchers.mpi import MpiLauncher, mpi_env
+    from fitdock.distributions.mpi import MpiLauncher, mpi_env
 
     launcher = MpiLauncher("/usr/bin/mpirun", Flavor.OPEN_MPI, "4.1.4")
     argv = mpi_argv(launcher, Mpi(extra_args=("--mca", "btl", "self,tcp")), 64, ["python", "x.py"])

@@ -20,6 +20,7 @@ from helpers import run_dirs, write_script
 
 from fitdock import Environment, Estimator, Mpi, RunStatus, Slurm
 from fitdock.distributions import mpijob
+from fitdock.distributions.mpi import Flavor, MpiLauncher
 from fitdock.distributions.mpimatch import (
     Candidate,
     MpiLibrary,
@@ -31,7 +32,6 @@ from fitdock.distributions.mpimatch import (
 from fitdock.environments.spec import PythonSection
 from fitdock.errors import MpiMismatchError
 from fitdock.jobside.mpiprobe import elf_needed
-from fitdock.launchers.mpi import Flavor, MpiLauncher
 
 OPEN_MPI = MpiLauncher("/usr/bin/mpirun", Flavor.OPEN_MPI, "4.1.4")
 MPICH = MpiLauncher("/venv/bin/mpiexec", Flavor.MPICH, "5.0.2")

@@ -14,7 +14,7 @@ import pytest
 from helpers import RECORD_PID, pid_alive, processes_mentioning, read_pids, write_script
 
 from fitdock import Estimator, Mpi, RunStatus
-from fitdock.launchers.mpi import Flavor, MpiLauncher, mpi_argv
+from fitdock.distributions.mpi import Flavor, MpiLauncher, mpi_argv
 
 
 def mpi_estimator(src: Path, **kwargs: Any) -> Estimator:

@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from fitdock.launchers import jobtree
-from fitdock.launchers.process import NEXT, JobProcess, reaper_argv, split_commands
+from fitdock.jobside import jobtree
+from fitdock.process import NEXT, JobProcess, reaper_argv, split_commands
 
 
 def run(commands: list[list[str]], tmp_path: Path, limit: float = 20) -> tuple[int | None, float]:

@@ -11,15 +11,15 @@ import pytest
 from pydantic import ValidationError
 
 from fitdock import Estimator, Horovod, Mpi, PyTorchConfiguration, Slurm
+from fitdock.distributions.mpi import Flavor, MpiLauncher
 from fitdock.distributions.mpimatch import MpiMatch
 from fitdock.errors import NotAvailableError, SpecError
-from fitdock.launchers import sbatch
-from fitdock.launchers import slurm as slurm_target
-from fitdock.launchers.mpi import Flavor, MpiLauncher
-from fitdock.launchers.slurmctl import parse_show_job
-from fitdock.launchers.slurmjob import decide
+from fitdock.jobside.slurmjob import decide
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir
+from fitdock.targets.slurm import sbatch
+from fitdock.targets.slurm import target as slurm_target
+from fitdock.targets.slurm.ctl import parse_show_job
 
 RUN = RunDir(Path("/shared/fitdock/runs/mnist_20261121-120000_abcdef"))
 PYTHON = "/shared/envs/ml/bin/python"

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from fitdock import PyTorch, PyTorchConfiguration, RunStatus
+from fitdock.distributions.torchrun import torchrun_argv
 from fitdock.errors import SpecError
-from fitdock.launchers.torchrun import torchrun_argv
 
 DDP = """\
 import os, sys

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from fitdock.distributions import mpimatch
+from fitdock.distributions.mpi import Flavor, MpiLauncher, identify, mpi_env, search_paths
 from fitdock.distributions.mpimatch import Candidate, MpiMatch
-from fitdock.estimators.distribution import Horovod, Mpi
-from fitdock.launchers.mpi import Flavor, MpiLauncher, identify, mpi_env, search_paths
-from fitdock.launchers.process import tool
+from fitdock.process import tool
 from fitdock.runs.store import RunDir
+from fitdock.specs.distribution import Horovod, Mpi
 
 GUARD = "guard"  # <run>/guard/sitecustomize.py: a copy of jobside/worldguard.py
 GUARD_SOURCE = Path(__file__).parent.parent / "jobside" / "worldguard.py"

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fitdock.distributions.mpi import Flavor, MpiLauncher, parse_version
 from fitdock.errors import MpiMismatchError
-from fitdock.launchers.mpi import Flavor, MpiLauncher, parse_version
 from fitdock.runs.store import fitdock_home, write_json_atomic
 
 PROBE = Path(__file__).parent.parent / "jobside" / "mpiprobe.py"

@@ -22,10 +22,10 @@ from typing import Any
 
 import yaml
 
+from fitdock import process
 from fitdock.environments.spec import Environment
 from fitdock.environments.uvtool import FitdockSource, run_uv, uv_options
 from fitdock.errors import EnvironmentResolutionError, NotAvailableError, SpecError
-from fitdock.launchers import process
 from fitdock.runs.store import fitdock_home
 
 __all__ = [

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from packaging.utils import canonicalize_name
 
+from fitdock import process
 from fitdock.environments.spec import Environment
 from fitdock.errors import EnvironmentResolutionError, NotAvailableError
-from fitdock.launchers import process
 
 CA_BUNDLES = ("/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt")
 _PYTHON_NAME = re.compile(r"^python3(\.[0-9]+)?$")

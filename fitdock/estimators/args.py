@@ -11,8 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fitdock.environments.spec import Environment
 from fitdock.errors import SpecError
-from fitdock.estimators.compute import ComputeTarget
-from fitdock.estimators.distribution import Distribution, Horovod, Mpi, PyTorchConfiguration
+from fitdock.specs.compute import ComputeTarget
+from fitdock.specs.distribution import Distribution, Horovod, Mpi, PyTorchConfiguration
 
 _INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VAR_NAME = _INPUT_NAME

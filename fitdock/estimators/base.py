@@ -17,13 +17,13 @@ from fitdock.environments.pins import UserRequirement
 from fitdock.environments.spec import DockerSection, Environment
 from fitdock.errors import SpecError
 from fitdock.estimators.args import EstimatorArgs, node_count, per_node, validate_args
-from fitdock.estimators.compute import Hosts, Slurm
-from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
-from fitdock.estimators.spec import JobSpec, SnapshotLimits, script_params_to_argv
+from fitdock.specs.compute import Hosts, Slurm
+from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
+from fitdock.specs.job import JobSpec, SnapshotLimits, script_params_to_argv
 
 if TYPE_CHECKING:
-    from fitdock.launchers.plan import LaunchPlan
-    from fitdock.runs.run import Run
+    from fitdock.execution.run import Run
+    from fitdock.targets.plan import LaunchPlan
 
 
 class Estimator:
@@ -145,14 +145,14 @@ class Estimator:
     # ------------------------------------------------------------------ actions
     def plan(self) -> LaunchPlan:
         """What ``fit()`` would run, without running or creating anything."""
-        from fitdock.launchers.submit import dry_run
+        from fitdock.execution.submit import dry_run
 
         return dry_run(self.job_spec)
 
     def fit(self, wait: bool = True, show_output: bool = False) -> Run:
         """Snapshot, launch and supervise the job. Returns a finished ``Run``, or a
         running one at once with ``wait=False``."""
-        from fitdock.launchers.submit import submit
+        from fitdock.execution.submit import submit
 
         return submit(self.job_spec, wait=wait, show_output=show_output)
 

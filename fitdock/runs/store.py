@@ -118,7 +118,7 @@ class RunDir:
                 return self.read()
             record = self.read()  # re-read under the lock: it may have ended meanwhile
             if record.get("slurm"):  # a Slurm job outlives its submitter: ask Slurm
-                from fitdock.launchers.slurmrecord import refresh
+                from fitdock.targets.slurm.record import refresh
 
                 return refresh(self)
             if not RunStatus(record["status"]).is_terminal:

@@ -20,19 +20,23 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fitdock.distributions import mpijob
+from fitdock.distributions.mpi import Flavor
 from fitdock.errors import FitdockError, NotAvailableError, SpecError
-from fitdock.estimators.compute import Slurm
-from fitdock.estimators.distribution import Horovod, Mpi
-from fitdock.estimators.spec import JobSpec
-from fitdock.launchers import jobtree, local, sbatch, slurmctl, slurmjob, slurmrecord
-from fitdock.launchers.mpi import Flavor
-from fitdock.launchers.plan import LaunchPlan
-from fitdock.launchers.variables import base_environment, job_variables
+from fitdock.jobside import jobtree, slurmjob
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir, now_iso, runs_root
+from fitdock.specs.compute import Slurm
+from fitdock.specs.distribution import Horovod, Mpi
+from fitdock.specs.job import JobSpec
+from fitdock.targets import local
+from fitdock.targets.plan import LaunchPlan
+from fitdock.targets.slurm import ctl as slurmctl
+from fitdock.targets.slurm import record as slurmrecord
+from fitdock.targets.slurm import sbatch
+from fitdock.targets.variables import base_environment, job_variables
 
 if TYPE_CHECKING:
-    from fitdock.launchers.supervisor import Supervisor
+    from fitdock.execution.supervisor import Supervisor
 
 NAME = "slurm"
 POLL_SECONDS = 0.25

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fitdock.launchers.policy import Outcome
+from fitdock.execution.policy import Outcome
 from fitdock.runs.follow import tail
 from fitdock.runs.status import RunStatus
 

@@ -20,15 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from fitdock.errors import FitdockError, MpiMismatchError
-from fitdock.estimators.spec import JobSpec
-from fitdock.launchers.outcome import AttemptResult, first_failure, judge, read_rank_exits
-from fitdock.launchers.plan import LaunchPlan
-from fitdock.launchers.policy import Decision, Outcome, decide
-from fitdock.launchers.process import JobProcess
-from fitdock.launchers.targets import Target
-from fitdock.launchers.variables import base_environment
+from fitdock.execution.judge import AttemptResult, first_failure, judge, read_rank_exits
+from fitdock.execution.policy import Decision, Outcome, decide
+from fitdock.process import JobProcess
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir, SupervisorLock, copy_read_only, now_iso, remove_tree
+from fitdock.specs.job import JobSpec
+from fitdock.targets.plan import LaunchPlan
+from fitdock.targets.registry import Target
+from fitdock.targets.variables import base_environment
 
 POLL_SECONDS = 0.1
 FAIL_FAST_GRACE = 2.0  # SIGTERM -> SIGKILL for the other ranks when one rank failed

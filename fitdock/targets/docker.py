@@ -21,24 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import fitdock
-from fitdock.distributions import mpijob
+from fitdock.distributions import mpi, mpijob
 from fitdock.distributions.mpimatch import MpiMatch
+from fitdock.distributions.torchrun import torchrun_argv, torchrun_env
 from fitdock.environments.dockerfile import VENV, BuildTier, tier_of
 from fitdock.errors import NotAvailableError, SpecError
-from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
-from fitdock.estimators.spec import JobSpec
-from fitdock.launchers import mpi
-from fitdock.launchers.jobtree import RANK_MODE
-from fitdock.launchers.plan import LaunchPlan
-from fitdock.launchers.process import reaper_argv, tool
-from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
-from fitdock.launchers.variables import free_port, job_variables
+from fitdock.jobside.jobtree import RANK_MODE
+from fitdock.process import reaper_argv, tool
 from fitdock.runs.store import RunDir
+from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
+from fitdock.specs.job import JobSpec
+from fitdock.targets.plan import LaunchPlan
+from fitdock.targets.variables import free_port, job_variables
 
 NAME = "docker"
 DEFAULT_SHM = "2g"  # Azure ML's default; Docker's own 64 MB is too small for data loaders
 LIBRARY = "/opt/fitdock/lib"  # where fitdock's package is mounted in the container
-JOBTREE = f"{LIBRARY}/fitdock/launchers/jobtree.py"
+JOBTREE = f"{LIBRARY}/fitdock/jobside/jobtree.py"
 
 
 def check(spec: JobSpec) -> None:

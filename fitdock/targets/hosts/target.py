@@ -13,17 +13,18 @@ import hashlib
 import shlex
 from pathlib import Path
 
-from fitdock.distributions import mpijob
+from fitdock.distributions import mpi, mpijob
+from fitdock.distributions.torchrun import torchrun_argv, torchrun_env
 from fitdock.errors import NotAvailableError, SpecError
-from fitdock.estimators.compute import Hosts
-from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
-from fitdock.estimators.spec import JobSpec
-from fitdock.launchers import local, mpi, staging
-from fitdock.launchers.plan import LaunchPlan
-from fitdock.launchers.process import rank_wrapper_argv
-from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
-from fitdock.launchers.variables import free_port, job_variables
+from fitdock.process import rank_wrapper_argv
 from fitdock.runs.store import RunDir
+from fitdock.specs.compute import Hosts
+from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
+from fitdock.specs.job import JobSpec
+from fitdock.targets import local
+from fitdock.targets.hosts import staging
+from fitdock.targets.plan import LaunchPlan
+from fitdock.targets.variables import free_port, job_variables
 
 NAME = "hosts"
 RDZV_PORTS = (29400, 500)  # torchrun's c10d port on the first host: 29400 + hash(run id) % 500

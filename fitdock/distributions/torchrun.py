@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fitdock.estimators.distribution import PyTorchConfiguration
+from fitdock.specs.distribution import PyTorchConfiguration
 
 
 def torchrun_argv(

@@ -13,10 +13,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fitdock.launchers import slurmctl
-from fitdock.launchers.outcome import judge, read_rank_exits
+from fitdock.execution.judge import judge, read_rank_exits
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir, now_iso
+from fitdock.targets.slurm import ctl as slurmctl
 
 OUTCOME_STATUS = {
     "completed": RunStatus.COMPLETED,

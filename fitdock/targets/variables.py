@@ -8,8 +8,8 @@ import os
 import socket
 from pathlib import Path
 
-from fitdock.estimators.spec import JobSpec
 from fitdock.runs.store import RunDir
+from fitdock.specs.job import JobSpec
 
 
 def gpu_count() -> int:

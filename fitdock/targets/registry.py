@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Protocol
 
 from fitdock.errors import NotAvailableError, SpecError
-from fitdock.estimators.compute import Hosts, Slurm
-from fitdock.estimators.spec import JobSpec
-from fitdock.launchers.plan import LaunchPlan
 from fitdock.runs.store import RunDir
+from fitdock.specs.compute import Hosts, Slurm
+from fitdock.specs.job import JobSpec
+from fitdock.targets.plan import LaunchPlan
 
 TARGETS = {
-    "local": "fitdock.launchers.local",
-    "docker": "fitdock.launchers.docker",
-    "hosts": "fitdock.launchers.hosts",
-    "slurm": "fitdock.launchers.slurm",
+    "local": "fitdock.targets.local",
+    "docker": "fitdock.targets.docker",
+    "hosts": "fitdock.targets.hosts.target",
+    "slurm": "fitdock.targets.slurm.target",
 }
 PLANNED: tuple[str, ...] = ()
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fitdock.errors import LauncherNotFoundError
-from fitdock.estimators.distribution import Mpi
-from fitdock.launchers.process import capture
+from fitdock.process import capture
+from fitdock.specs.distribution import Mpi
 
 NAMES = ("mpirun", "mpiexec")
 

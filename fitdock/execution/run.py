@@ -22,7 +22,7 @@ from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir, list_runs
 
 if TYPE_CHECKING:
-    from fitdock.launchers.supervisor import Supervisor
+    from fitdock.execution.supervisor import Supervisor
 
 POLL_SECONDS = 0.1
 
@@ -119,7 +119,7 @@ class Run:
             return
         self._dir.cancel_path.touch()  # a live supervisor elsewhere takes it from here
         if record.get("slurm") and not self._dir.supervisor_alive():
-            from fitdock.launchers.slurm import cancel_detached
+            from fitdock.targets.slurm.target import cancel_detached
 
             cancel_detached(self._dir, record)
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from fitdock.errors import FitdockError, LauncherNotFoundError
-from fitdock.launchers.process import tool
+from fitdock.process import tool
 from fitdock.runs.status import RunStatus
 
 TIMEOUT = 30.0  # a busy slurmctld can take seconds to answer

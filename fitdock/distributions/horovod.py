@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from fitdock.errors import LauncherNotFoundError
-from fitdock.estimators.distribution import Horovod
+from fitdock.specs.distribution import Horovod
 
 
 def find_horovodrun(config: Horovod) -> str:

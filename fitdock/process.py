@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from fitdock.launchers import jobtree
-from fitdock.launchers.jobtree import NEXT, RANK_MODE
+from fitdock.jobside import jobtree
+from fitdock.jobside.jobtree import NEXT, RANK_MODE
 
 __all__ = [
     "NEXT",

@@ -11,8 +11,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from fitdock.environments.spec import Environment
-from fitdock.estimators.compute import ComputeTarget
-from fitdock.estimators.distribution import Distribution
+from fitdock.specs.compute import ComputeTarget
+from fitdock.specs.distribution import Distribution
 
 
 def script_params_to_argv(params: Mapping[str, Any] | Sequence[Any] | None) -> list[str]:

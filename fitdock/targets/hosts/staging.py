@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from fitdock.errors import FitdockError
-from fitdock.estimators.compute import Hosts
-from fitdock.launchers.process import transfer
+from fitdock.process import transfer
 from fitdock.runs.store import RunDir
+from fitdock.specs.compute import Hosts
 
 OUTBOUND = ("snapshot", "resume", "inputs", "guard")  # guard: the MPI world-size guard
 EMPTY = ("logs", "outputs", "checkpoints")  # sent as folders without their files

@@ -10,12 +10,9 @@ from pathlib import Path
 from fitdock._version import __version__
 from fitdock.distributions import mpijob
 from fitdock.errors import RunNotFoundError, SpecError
-from fitdock.estimators.spec import JobSpec
-from fitdock.launchers.plan import LaunchPlan
-from fitdock.launchers.process import capture
-from fitdock.launchers.supervisor import Supervisor
-from fitdock.launchers.targets import target_for
-from fitdock.runs.run import Run
+from fitdock.execution.run import Run
+from fitdock.execution.supervisor import Supervisor
+from fitdock.process import capture
 from fitdock.runs.snapshot import snapshot
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import (
@@ -29,6 +26,9 @@ from fitdock.runs.store import (
     runs_root,
 )
 from fitdock.runs.workdir import link_run_folders
+from fitdock.specs.job import JobSpec
+from fitdock.targets.plan import LaunchPlan
+from fitdock.targets.registry import target_for
 
 
 def resolve_resume(resume_from: str | None) -> Path | None:

@@ -14,16 +14,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fitdock.distributions import mpijob
+from fitdock.distributions import horovod, mpi, mpijob
+from fitdock.distributions.torchrun import torchrun_argv, torchrun_env
 from fitdock.errors import NotAvailableError, SpecError
-from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
-from fitdock.estimators.spec import JobSpec
-from fitdock.launchers import horovod, mpi
-from fitdock.launchers.plan import LaunchPlan
-from fitdock.launchers.process import rank_wrapper_argv
-from fitdock.launchers.torchrun import torchrun_argv, torchrun_env
-from fitdock.launchers.variables import base_environment, free_port, job_variables
+from fitdock.process import rank_wrapper_argv
 from fitdock.runs.store import RunDir
+from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
+from fitdock.specs.job import JobSpec
+from fitdock.targets.plan import LaunchPlan
+from fitdock.targets.variables import base_environment, free_port, job_variables
 
 NAME = "local"
 

@@ -19,12 +19,12 @@ import shlex
 from pathlib import Path
 
 from fitdock._version import __version__
-from fitdock.estimators.compute import Slurm
-from fitdock.estimators.distribution import Horovod, Mpi, PyTorchConfiguration
-from fitdock.estimators.spec import JobSpec
-from fitdock.launchers.process import rank_wrapper_argv
-from fitdock.launchers.torchrun import torchrun_argv
+from fitdock.distributions.torchrun import torchrun_argv
+from fitdock.process import rank_wrapper_argv
 from fitdock.runs.store import RunDir
+from fitdock.specs.compute import Slurm
+from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
+from fitdock.specs.job import JobSpec
 
 SCRIPT = "job.sbatch"
 DRIVER = "slurmjob.py"
