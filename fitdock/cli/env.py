@@ -1,62 +1,45 @@
-"""``fitdock env ...`` and ``fitdock images ...``: the catalogue, virtualenvs, locks, images."""
+"""``fitdock env list|show|build|lock|prune``: the catalogue, virtualenvs, locks.
+
+:func:`load_environment` (a catalogue name or a file) also serves ``fitdock images``.
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fitdock.cli.table import columns
 from fitdock.errors import FitdockError
 
 REF_HELP = "a catalogue name (`fitdock env list`) or an Environment YAML/JSON file"
 
 
-def columns(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows, strict=False)]
-    return "\n".join(
-        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
-    )
-
-
-def add_env(sub: Any) -> None:
-    env = sub.add_parser(
+def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``fitdock env`` and its actions."""
+    env = subparsers.add_parser(
         "env",
         help="environments: catalogue, virtualenvs, locks",
         description="The curated catalogue, virtualenvs built per environment hash, locks.",
     )
-    esub = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
-    listing = esub.add_parser("list", help="the catalogue; --cached: the built virtualenvs")
+    actions = env.add_subparsers(dest="env_command", required=True, metavar="ACTION")
+    listing = actions.add_parser("list", help="the catalogue; --cached: the built virtualenvs")
     listing.add_argument("--cached", action="store_true", help="list built virtualenvs instead")
-    listing.set_defaults(func=cmd_env_list)
-    show = esub.add_parser("show", help="one environment in full, as YAML")
+    listing.set_defaults(func=cmd_list)
+    show = actions.add_parser("show", help="one environment in full, as YAML")
     show.add_argument("ref", help=REF_HELP)
-    show.set_defaults(func=cmd_env_show)
-    build = esub.add_parser("build", help="build an environment's virtualenv (once per hash)")
+    show.set_defaults(func=cmd_show)
+    build = actions.add_parser("build", help="build an environment's virtualenv (once per hash)")
     build.add_argument("ref", help=REF_HELP)
     build.add_argument("--lock", type=Path, help="install exactly this lock file")
-    build.set_defaults(func=cmd_env_build)
-    lock = esub.add_parser("lock", help="write a pinned pip lock (uv pip compile)")
+    build.set_defaults(func=cmd_build)
+    lock = actions.add_parser("lock", help="write a pinned pip lock (uv pip compile)")
     lock.add_argument("ref", help=REF_HELP)
     lock.add_argument("-o", "--output", type=Path, help="the lock file (default: NAME.lock.txt)")
-    lock.set_defaults(func=cmd_env_lock)
-    prune = esub.add_parser("prune", help="remove built virtualenvs")
+    lock.set_defaults(func=cmd_lock)
+    prune = actions.add_parser("prune", help="remove built virtualenvs")
     prune.add_argument("--older-than", type=float, metavar="DAYS", help="only those unused as long")
-    prune.set_defaults(func=cmd_env_prune)
-
-
-def add_images(sub: Any) -> None:
-    images = sub.add_parser("images", help="framework images", description="Docker images.")
-    isub = images.add_subparsers(dest="images_command", required=True, metavar="ACTION")
-    build = isub.add_parser("build", help="build an environment's image (once per hash)")
-    build.add_argument("ref", help=REF_HELP)
-    build.add_argument("--base", metavar="IMAGE", help="replace the curated base image")
-    build.set_defaults(func=cmd_images_build)
-    show = isub.add_parser("dockerfile", help="print the Dockerfile an environment renders to")
-    show.add_argument("ref", help=REF_HELP)
-    show.add_argument("--base", metavar="IMAGE", help="replace the curated base image")
-    show.set_defaults(func=cmd_images_dockerfile)
+    prune.set_defaults(func=cmd_prune)
 
 
 def load_environment(ref: str) -> Any:
@@ -76,7 +59,7 @@ def load_environment(ref: str) -> Any:
         raise FitdockError(f"{path} is not an Environment: {exc}") from exc
 
 
-def cmd_env_list(ns: argparse.Namespace) -> int:
+def cmd_list(ns: argparse.Namespace) -> int:
     if ns.cached:
         from fitdock.environments.venv import list_cached
 
@@ -101,7 +84,7 @@ def cmd_env_list(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_env_show(ns: argparse.Namespace) -> int:
+def cmd_show(ns: argparse.Namespace) -> int:
     import yaml
 
     from fitdock.environments.catalogue import load_catalogue
@@ -116,7 +99,7 @@ def cmd_env_show(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_env_build(ns: argparse.Namespace) -> int:
+def cmd_build(ns: argparse.Namespace) -> int:
     from fitdock.environments.venv import ensure_venv
 
     built = ensure_venv(load_environment(ns.ref), lock=ns.lock)
@@ -125,7 +108,7 @@ def cmd_env_build(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_env_lock(ns: argparse.Namespace) -> int:
+def cmd_lock(ns: argparse.Namespace) -> int:
     from fitdock.environments.lock import lock_pip
 
     env = load_environment(ns.ref)
@@ -134,30 +117,11 @@ def cmd_env_lock(ns: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_env_prune(ns: argparse.Namespace) -> int:
+def cmd_prune(ns: argparse.Namespace) -> int:
     from fitdock.environments.venv import prune
 
     removed = prune(older_than_days=ns.older_than)
     for path in removed:
         print(f"removed {path}")
     print(f"{len(removed)} removed")
-    return 0
-
-
-def cmd_images_build(ns: argparse.Namespace) -> int:
-    from fitdock.environments.image import ensure_image
-
-    built = ensure_image(load_environment(ns.ref), base_image=ns.base)
-    state = "built" if built.built else "cached"
-    print(f"{state}: {built.tag} ({built.seconds:.2f} s, {built.layers_built} layers built)")
-    return 0
-
-
-def cmd_images_dockerfile(ns: argparse.Namespace) -> int:
-    from fitdock.environments.dockerfile import default_ca_certificates, render
-
-    build = render(
-        load_environment(ns.ref), base_image=ns.base, ca_certificates=default_ca_certificates()
-    )
-    print(build.dockerfile, end="")
     return 0
