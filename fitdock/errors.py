@@ -7,6 +7,10 @@
     ├── SnapshotError                 source directory missing, or over the size/file limits
     ├── EnvironmentResolutionError    unknown framework version, unknown catalogue entry
     ├── LauncherNotFoundError         mpirun/mpiexec (or another launcher) is not installed
+    ├── ImageBuildError               an environment's image could not be built
+    │                                 .tag, .step (the failing instruction), .tail, .log
+    ├── StagingError                  copying a run to or from a host failed
+    ├── SlurmError                    Slurm refused a request (its own message)
     ├── MpiMismatchError              no launcher of the MPI that the job's libraries load
     │                                 .launchers, .libraries (found before any rank starts)
     ├── RunNotFoundError              no run record with that id
@@ -18,7 +22,8 @@ Each message says what to change. Lower-level errors are chained with ``from``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 
@@ -48,6 +53,36 @@ class EnvironmentResolutionError(FitdockError, ValueError):
 
 class LauncherNotFoundError(FitdockError):
     """A launcher program (mpirun, mpiexec, ...) is not installed."""
+
+
+class ImageBuildError(FitdockError):
+    """An environment's image could not be built (or, for a custom image, found).
+
+    ``.step`` is the failing Dockerfile instruction (``None`` before the first step),
+    ``.tail`` the last lines of its output, ``.log`` the full build log."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        tag: str,
+        step: str | None = None,
+        tail: Iterable[str] = (),
+        log: Path | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.tag = tag
+        self.step = step
+        self.tail = list(tail)
+        self.log = log
+
+
+class StagingError(FitdockError):
+    """Copying the run to or from a host failed."""
+
+
+class SlurmError(FitdockError):
+    """Slurm refused a request (the message is Slurm's own)."""
 
 
 class MpiMismatchError(FitdockError):

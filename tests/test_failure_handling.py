@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fitdock import Estimator, RunStatus
-from fitdock.execution.policy import RESTARTABLE, Decision, Outcome, decide
+from fitdock.jobside.common import RESTARTABLE, Decision, Outcome, decide
 
 # ---------------------------------------------------------------------------------------------
 # The policy

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from fitdock.environments.dockerfile import BuildTier
-from fitdock.environments.image import BuiltImage, ImageBuildError, ensure_image, image_tag
+from fitdock.environments.image import BuiltImage, ensure_image, image_tag
 from fitdock.environments.spec import DockerSection, Environment, Platform, PythonSection
+from fitdock.errors import ImageBuildError
 
 pytestmark = pytest.mark.docker
 

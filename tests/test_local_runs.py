@@ -363,7 +363,7 @@ def _estimator(tmp_path: Path, **kwargs: object) -> Estimator:
             {"user_managed": False, "conda_packages": ["numpy=1.26"]},
             NotAvailableError,
             None,
-            "conda_packages need a conda solver",
+            r"conda_packages \[.numpy=1.26.\]: the local virtualenv builder has no conda solver",
         ),
         (
             {"use_docker": True, "conda_packages": ["numpy=1.26"]},

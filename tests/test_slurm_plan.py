@@ -14,7 +14,8 @@ from fitdock import Estimator, Horovod, Mpi, PyTorchConfiguration, Slurm
 from fitdock.distributions.mpi import Flavor, MpiLauncher
 from fitdock.distributions.mpimatch import MpiMatch
 from fitdock.errors import NotAvailableError, SpecError
-from fitdock.jobside.slurmjob import decide
+from fitdock.jobside.common import Outcome
+from fitdock.jobside.common import decide_requeue as decide
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir
 from fitdock.targets.slurm import sbatch
@@ -37,7 +38,7 @@ def script(estimator: Estimator, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setattr(slurm_target.local, "interpreter", lambda spec: PYTHON)
     monkeypatch.setattr(slurm_target.sbatch, "__version__", "0.0.test")
     spec = estimator.job_spec
-    text = slurm_target.plan(spec, RUN, None).files[sbatch.SCRIPT]
+    text = slurm_target.SlurmTarget().plan(spec, RUN, None).files[sbatch.SCRIPT]
     return text.replace(str(spec.source_directory), "/src")
 
 
@@ -116,7 +117,7 @@ def test_single_process_in_a_fitdock_virtualenv(
 ) -> None:
     est = Estimator(source, entry_script="train.py", compute_target="slurm", pip_packages=["six"])
     monkeypatch.setattr(slurm_target.local, "interpreter", lambda spec: "/h/venvs/abc/bin/python")
-    text = slurm_target.plan(est.job_spec, RUN, None).files[sbatch.SCRIPT]
+    text = slurm_target.SlurmTarget().plan(est.job_spec, RUN, None).files[sbatch.SCRIPT]
     assert 'export VIRTUAL_ENV=/h/venvs/abc\nexport PATH=/h/venvs/abc/bin:"$PATH"' in text
     assert "srun --kill-on-bad-exit=1 --ntasks=1 /h/venvs/abc/bin/python -I -S" in text
     assert "--mpi" not in text and "#SBATCH --time" not in text
@@ -137,17 +138,17 @@ def test_time_limit_is_run_time_plus_grace_in_whole_minutes(
 
 
 def test_requeue_decision() -> None:
-    assert decide("timeout", attempt=1, restarts=0, max_requeues=3, max_restarts=0)
-    assert decide("preempted", attempt=2, restarts=1, max_requeues=3, max_restarts=0)
-    assert not decide("preempted", attempt=2, restarts=1, max_requeues=1, max_restarts=0)
-    assert decide("timeout", attempt=3, restarts=2, max_requeues=3, max_restarts=0)
-    assert not decide("timeout", attempt=4, restarts=3, max_requeues=3, max_restarts=0)
-    assert not decide("timeout", attempt=1, restarts=0, max_requeues=0, max_restarts=5)
-    assert not decide("failed", attempt=1, restarts=0, max_requeues=3, max_restarts=0)
-    assert decide("failed", attempt=1, restarts=0, max_requeues=3, max_restarts=1)
-    assert not decide("failed", attempt=2, restarts=1, max_requeues=3, max_restarts=1)
+    assert decide(Outcome("timeout"), attempt=1, requeues=0, max_requeues=3, max_restarts=0)
+    assert decide(Outcome("preempted"), attempt=2, requeues=1, max_requeues=3, max_restarts=0)
+    assert not decide(Outcome("preempted"), attempt=2, requeues=1, max_requeues=1, max_restarts=0)
+    assert decide(Outcome("timeout"), attempt=3, requeues=2, max_requeues=3, max_restarts=0)
+    assert not decide(Outcome("timeout"), attempt=4, requeues=3, max_requeues=3, max_restarts=0)
+    assert not decide(Outcome("timeout"), attempt=1, requeues=0, max_requeues=0, max_restarts=5)
+    assert not decide(Outcome("failed"), attempt=1, requeues=0, max_requeues=3, max_restarts=0)
+    assert decide(Outcome("failed"), attempt=1, requeues=0, max_requeues=3, max_restarts=1)
+    assert not decide(Outcome("failed"), attempt=2, requeues=1, max_requeues=3, max_restarts=1)
     for outcome in ("completed", "terminated"):
-        assert not decide(outcome, attempt=1, restarts=0, max_requeues=3, max_restarts=3)
+        assert not decide(Outcome(outcome), attempt=1, requeues=0, max_requeues=3, max_restarts=3)
 
 
 SHOW_JOB = (

@@ -247,7 +247,7 @@ run = Estimator({str(tmp_path / "src")!r}, entry_script="train.py", compute_targ
                 user_managed=True, environment_variables={{"STEPS": 10, "STEP_SECONDS": 0.2}}
                 ).fit(wait=False)
 import time
-while "slurm" not in run.record:
+while not run.record["slurm"]:  # submitted: the record holds the job
     time.sleep(0.05)
 print(run.id, flush=True)
 os._exit(0)

@@ -15,14 +15,9 @@ from helpers import python_child, wait_until
 
 from fitdock import Run, RunStatus
 from fitdock.errors import RunNotFoundError
-from fitdock.runs.store import (
-    RunDir,
-    SupervisorLock,
-    list_runs,
-    now_iso,
-    runs_root,
-    write_json_atomic,
-)
+from fitdock.runs.record import RunRecord, SourceInfo
+from fitdock.runs.store import RunDir, SupervisorLock, list_runs, runs_root
+from fitdock.shared import now_iso, write_json_atomic
 
 
 def test_write_json_atomic_leaves_only_the_file(tmp_path: Path) -> None:
@@ -83,11 +78,20 @@ def test_unknown_run_id_raises_run_not_found(fitdock_home: Path) -> None:
     assert isinstance(info.value, LookupError)
 
 
+def fake_record(run_id: str, status: RunStatus) -> RunRecord:
+    """A record as submit() writes one, for a run that never started anything."""
+    return RunRecord(
+        id=run_id, name=run_id, status=status, created_at=now_iso(), fitdock_version="test",
+        target="local", spec={}, environment_hash="0" * 64, argv=["python", "x.py"],
+        commands=[["python", "x.py"]], env={}, cwd="/tmp", world_size=1,
+        source=SourceInfo(directory="/tmp"), checkpoint_dir="/tmp/checkpoints",
+    )  # fmt: skip
+
+
 def _fake_run(home: Path, run_id: str, status: RunStatus) -> RunDir:
     run = RunDir(home / "runs" / run_id)
     run.path.mkdir(parents=True)
-    record = {"id": run_id, "status": status.value, "ended_at": None, "error": None}
-    run.write({**record, "created_at": now_iso()})
+    run.write(fake_record(run_id, status))
     return run
 
 
@@ -164,7 +168,8 @@ def test_run_list_is_in_creation_order(fitdock_home: Path) -> None:
     first = _fake_run(fitdock_home, "b-first", RunStatus.RUNNING)
     time.sleep(0.02)
     _fake_run(fitdock_home, "a-second", RunStatus.COMPLETED)
-    first.update(status=RunStatus.COMPLETED.value)  # a later write does not reorder
+    with first.edit() as record:  # a later write does not reorder
+        record.status = RunStatus.COMPLETED
     (fitdock_home / "runs" / "not-a-run").mkdir()
     assert [run.id for run in Run.list()] == ["b-first", "a-second"]
     assert [d.id for d in list_runs()] == ["b-first", "a-second"]

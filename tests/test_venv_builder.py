@@ -96,7 +96,7 @@ def test_build_then_reuse_without_installing(fitdock_home: Path, tmp_path: Path)
 
 def test_conda_packages_and_user_managed_are_refused() -> None:
     conda = Environment(python=PythonSection(conda_packages=["numpy=1.26"]))
-    with pytest.raises(NotAvailableError, match=r"conda packages .* Docker"):
+    with pytest.raises(NotAvailableError, match=r"conda_packages .* no conda solver; run in Dock"):
         ensure_venv(conda)
     managed = Environment(python=PythonSection(user_managed_dependencies=True))
     with pytest.raises(SpecError, match="user-managed"):

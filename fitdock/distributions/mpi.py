@@ -5,12 +5,13 @@ from __future__ import annotations
 import enum
 import functools
 import os
+import shlex
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from fitdock.errors import LauncherNotFoundError
+from fitdock.errors import LauncherNotFoundError, NotAvailableError, SpecError
 from fitdock.process import capture
 from fitdock.specs.distribution import Mpi
 
@@ -98,16 +99,68 @@ def parse_version(path: str, code: int, text: str) -> MpiLauncher:
     return MpiLauncher(path, Flavor.UNKNOWN, first)
 
 
-def mpi_argv(launcher: MpiLauncher, config: Mpi, processes: int, command: list[str]) -> list[str]:
-    """``mpirun -n N ... command`` for ``processes`` ranks on this machine."""
+@dataclass(frozen=True)
+class HostPlacement:
+    """Ranks on other machines: ``host_list`` (``"n1:2,n2:2"``), reached through ``agent``
+    (an ssh-like program), working in ``wdir``, with the variables named in ``exported``;
+    MPI traffic on ``network`` (a CIDR) when given."""
+
+    host_list: str
+    agent: tuple[str, ...]
+    wdir: str
+    exported: tuple[str, ...]
+    network: str | None = None
+    local_address: str | None = None
+
+
+ALLOCATION = "allocation"  # a scheduler's allocation (Slurm) says where the ranks go
+
+
+def mpi_argv(
+    launcher: MpiLauncher,
+    config: Mpi,
+    processes: int,
+    command: list[str],
+    where: HostPlacement | str | None = None,
+) -> list[str]:
+    """``mpirun -n N ... command``, the one MPI command line of every target: ranks on this
+    machine (``where`` None), in a scheduler's allocation (``ALLOCATION``), or on hosts."""
     argv = [launcher.path, "-n", str(processes)]
-    if launcher.flavor is Flavor.OPEN_MPI:
+    if isinstance(where, HostPlacement):
+        argv += _host_options(launcher, where)
+    elif where is None and launcher.flavor is Flavor.OPEN_MPI:
         argv += ["--bind-to", "none"]
         if processes > (os.cpu_count() or 1):
             argv += ["--oversubscribe"]
-    elif launcher.flavor is Flavor.MPICH:
+    elif where is None and launcher.flavor is Flavor.MPICH:
         argv += ["-launcher", "fork"]
     return [*argv, *config.extra_args, *command]
+
+
+def _host_options(launcher: MpiLauncher, hosts: HostPlacement) -> list[str]:
+    if launcher.flavor is Flavor.OPEN_MPI:
+        argv = ["--host", hosts.host_list, "--mca", "plm_rsh_agent", shlex.join(hosts.agent)]
+        argv += ["--bind-to", "none", "--wdir", hosts.wdir]
+        if hosts.network:
+            argv += ["--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", hosts.network]
+            argv += ["--mca", "oob_tcp_if_include", hosts.network]
+        for name in hosts.exported:
+            argv += ["-x", name]
+        return argv
+    if launcher.flavor is Flavor.MPICH:
+        if len(hosts.agent) != 1:
+            raise SpecError(
+                "MPICH's launcher takes the agent as one program: give Hosts(agent=[path]) "
+                "with the options inside that program, or use Open MPI",
+                field="compute_target",
+            )
+        argv = ["-hosts", hosts.host_list, "-launcher", "ssh", "-launcher-exec", hosts.agent[0]]
+        if hosts.local_address:
+            argv += ["-localhost", hosts.local_address]
+        return [*argv, "-wdir", hosts.wdir, "-genvlist", ",".join(hosts.exported)]
+    raise NotAvailableError(
+        f"{launcher.flavor.value} at {launcher.path}: use Open MPI or MPICH on hosts"
+    )
 
 
 def mpi_env(launcher: MpiLauncher) -> dict[str, str]:

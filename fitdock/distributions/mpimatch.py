@@ -31,7 +31,7 @@ from typing import Any
 
 from fitdock.distributions.mpi import Flavor, MpiLauncher, parse_version
 from fitdock.errors import MpiMismatchError
-from fitdock.runs.store import fitdock_home, write_json_atomic
+from fitdock.shared import fitdock_home, write_json_atomic
 
 PROBE = Path(__file__).parent.parent / "jobside" / "mpiprobe.py"
 SONAME = {Flavor.OPEN_MPI: "libmpi.so.40", Flavor.MPICH: "libmpi.so.12"}

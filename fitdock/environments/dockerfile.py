@@ -28,8 +28,8 @@ from pathlib import Path
 from packaging.requirements import InvalidRequirement, Requirement
 
 from fitdock.environments.catalogue import load_catalogue
-from fitdock.environments.spec import Environment, pip_name
-from fitdock.errors import NotAvailableError, SpecError
+from fitdock.environments.spec import Environment, pip_name, refuse_conda
+from fitdock.errors import SpecError
 
 VENV = "/opt/fitdock/venv"
 WORKDIR = "/workspace"
@@ -128,11 +128,12 @@ def render(
     ``ca_certificates`` are PEM files to trust during the build and at run time;
     ``base_user`` is the custom image's ``USER``, restored at the end of an incremental
     build (its steps run as root)."""
-    if env.python.conda_packages:
-        raise NotAvailableError(
-            f"conda packages in Docker images are not supported yet "
-            f"({', '.join(env.python.conda_packages)}); use pip_packages instead"
-        )
+    refuse_conda(
+        env,
+        "the image builder",
+        "bake them into a custom_docker_image of your own, drop conda_packages and pass "
+        "user_managed=True (the image is then used as it is)",
+    )
     tier = tier_of(env)
     if tier is BuildTier.AS_IS:
         return DockerBuild(tier, str(env.docker.base_image), env.hash())

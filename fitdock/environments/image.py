@@ -37,8 +37,8 @@ from fitdock.environments.dockerfile import (
     tier_of,
 )
 from fitdock.environments.spec import Environment
-from fitdock.errors import FitdockError, NotAvailableError
-from fitdock.runs.store import fitdock_home
+from fitdock.errors import ImageBuildError, NotAvailableError
+from fitdock.shared import fitdock_home
 
 REPOSITORY = "fitdock-env"
 KEY_LABEL = "fitdock.build_key"
@@ -46,28 +46,6 @@ TAIL_LINES = 25
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _NOISE = ("---> ", "Removing intermediate container", "Successfully built", "Successfully tagged")
-
-
-class ImageBuildError(FitdockError):
-    """An environment's image could not be built (or, for a custom image, found).
-
-    ``.step`` is the failing Dockerfile instruction (``None`` before the first step),
-    ``.tail`` the last lines of its output, ``.log`` the full build log."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        tag: str,
-        step: str | None = None,
-        tail: Iterable[str] = (),
-        log: Path | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.tag = tag
-        self.step = step
-        self.tail = list(tail)
-        self.log = log
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from fitdock import process
 from fitdock.environments.spec import Environment
 from fitdock.environments.uvtool import FitdockSource, run_uv, uv_options
 from fitdock.errors import EnvironmentResolutionError, NotAvailableError, SpecError
-from fitdock.runs.store import fitdock_home
+from fitdock.shared import fitdock_home
 
 __all__ = [
     "conda_lock_spec",

@@ -26,6 +26,7 @@ from packaging.utils import canonicalize_name
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fitdock.environments.pins import PinOverride, UserRequirement, merge_pip
+from fitdock.errors import NotAvailableError
 
 _SHM_SIZE = re.compile(r"^[1-9][0-9]*[bkmgBKMG]?$")
 _CONDA_SPEC = re.compile(r"^[A-Za-z0-9_.\-]+(::[A-Za-z0-9_.\-]+)?\s*([=<>!~].*)?$")
@@ -104,7 +105,7 @@ class DockerSection(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool | None = None
+    enabled: bool | None = None  # run in Docker (Azure's ``environment.docker.enabled``)
     base_image: str | None = None
     shm_size: str | None = None
     gpu_support: bool = False
@@ -209,3 +210,22 @@ class Environment(BaseModel):
         )
         overrides = self.pin_overrides + merged.overrides
         return self.model_copy(update={"python": section, "pin_overrides": overrides})
+
+
+LOCAL_CONDA_ADVICE = (
+    "run in Docker (use_docker=True), or activate a conda environment yourself and pass "
+    "user_managed=True"
+)
+
+
+def refuse_conda(env: Environment, builder: str, instead: str, always: bool = False) -> None:
+    """fitdock's builders (virtualenvs with uv, images with pip) have no conda solver: an
+    environment with conda packages that fitdock would build (``always``: even a
+    user-managed one, whose packages would be ignored) is refused, naming the ``builder``
+    and what to do ``instead``."""
+    py = env.python
+    if py.conda_packages and (always or not py.user_managed_dependencies):
+        raise NotAvailableError(
+            f"conda_packages {sorted(py.conda_packages)}: {builder} has no conda solver; "
+            f"{instead}; packages that are on PyPI can move to pip_packages"
+        )

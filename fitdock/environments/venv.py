@@ -39,7 +39,7 @@ from fitdock.environments.lock import (
     python_version_of,
     sha256_json,
 )
-from fitdock.environments.spec import Environment
+from fitdock.environments.spec import LOCAL_CONDA_ADVICE, Environment, refuse_conda
 from fitdock.environments.uvtool import (
     FitdockSource,
     find_interpreter,
@@ -49,8 +49,8 @@ from fitdock.environments.uvtool import (
     uv_options,
     version_of,
 )
-from fitdock.errors import EnvironmentResolutionError, NotAvailableError, SpecError
-from fitdock.runs.store import fitdock_home, write_json_atomic
+from fitdock.errors import EnvironmentResolutionError, SpecError
+from fitdock.shared import fitdock_home, write_json_atomic
 
 __all__ = [
     "BuiltEnv",
@@ -148,13 +148,7 @@ def _check_buildable(env: Environment) -> None:
             "is and has no venv to build",
             field="user_managed_dependencies",
         )
-    if py.conda_packages:
-        raise NotAvailableError(
-            f"conda packages {sorted(py.conda_packages)} cannot go into a local virtualenv "
-            "(no conda here): run in Docker (use_docker=True), or create a conda environment "
-            "yourself and pass user_managed=True; packages that are on PyPI can move to "
-            "pip_packages"
-        )
+    refuse_conda(env, "the local virtualenv builder", LOCAL_CONDA_ADVICE)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,52 +1,64 @@
-"""What an attempt's processes left behind, turned into a status and an error."""
+"""What an attempt's processes left behind, turned into an outcome, a status and an error.
+
+``judge`` reads the rank wrappers' exit records (and the world-size guard's markers)
+after an attempt whose launcher exited; ``settle`` does the same for a job a scheduler
+ran (``JobDescription``). Both give every rank a ``RankExit``: one whose wrapper was
+killed before it could write one says so instead of being left out.
+"""
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fitdock.execution.policy import Outcome
+from fitdock.jobside.common import Outcome, read_json, read_rank_exits
 from fitdock.runs.follow import tail
+from fitdock.runs.layout import LAUNCHER_LOG, RANK_STDERR, RANK_STDOUT, RANK_WORLD
+from fitdock.runs.record import ErrorReason, RankExit, RunError
 from fitdock.runs.status import RunStatus
 
 STATUS = {
     Outcome.COMPLETED: RunStatus.COMPLETED,
     Outcome.RANK_FAILED: RunStatus.FAILED,
     Outcome.LAUNCHER_FAILED: RunStatus.FAILED,
+    Outcome.FAILED: RunStatus.FAILED,
     Outcome.HUNG: RunStatus.FAILED,
     Outcome.TIMED_OUT: RunStatus.TIMED_OUT,
     Outcome.CANCELED: RunStatus.CANCELED,
+    Outcome.TERMINATED: RunStatus.CANCELED,
+    Outcome.PREEMPTED: RunStatus.FAILED,
 }
+STOPPED_NOTE = "no exit status: stopped with the job (SIGKILL after the grace period)"
 
 
 @dataclass
 class AttemptResult:
     outcome: Outcome
     exit_code: int
-    ranks: dict[str, Any]
-    error: dict[str, Any] | None
-    extra: dict[str, Any] = field(default_factory=dict)
+    ranks: dict[str, RankExit]
+    error: RunError | None
 
     @property
     def status(self) -> RunStatus:
         return STATUS[self.outcome]
 
 
-def read_rank_exits(logs: Path) -> dict[int, dict[str, Any]]:
-    exits: dict[int, dict[str, Any]] = {}
-    for path in logs.glob("rank_*.exit.json"):
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        exits[int(record["rank"])] = record
-    return exits
+def rank_exits(logs: Path, world_size: int, stopped: bool) -> dict[str, RankExit]:
+    """Every rank's exit; one with no record was killed with the job (``stopped``) or
+    never reported."""
+    exits = read_rank_exits(logs)
+    note = STOPPED_NOTE if stopped else "no exit status: the rank never reported one"
+    return {
+        str(rank): RankExit.model_validate(exits[rank])
+        if rank in exits
+        else RankExit.unrecorded(rank, note)
+        for rank in range(world_size)
+    }
 
 
-def first_failure(exits: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
-    failed = [r for r in exits.values() if r["exit_code"] != 0]
+def first_failure(logs: Path) -> dict[str, Any] | None:
+    failed = [r for r in read_rank_exits(logs).values() if r["exit_code"] != 0]
     return min(failed, key=lambda r: r["ended"]) if failed else None
 
 
@@ -54,7 +66,7 @@ def last_lines(logs: Path, world_size: int) -> dict[str, str]:
     """Each rank's last line of output (stdout or stderr, whichever was written last)."""
     lines = {}
     for rank in range(world_size):
-        streams = [logs / f"rank_{rank}.{s}.log" for s in ("stdout", "stderr")]
+        streams = [logs / name.format(rank=rank) for name in (RANK_STDOUT, RANK_STDERR)]
         written = [p for p in streams if p.exists() and p.stat().st_size]
         newest = max(written, key=lambda p: p.stat().st_mtime, default=None)
         lines[str(rank)] = tail(newest, 1) if newest else ""
@@ -66,81 +78,63 @@ def judge(
 ) -> AttemptResult:
     """The result of an attempt whose launcher exited with ``code``; ``stopped`` is why
     fitdock stopped it (None when it ended by itself)."""
-    exits = read_rank_exits(logs)
-    ranks = {str(rank): exits.get(rank) for rank in range(world_size)}
+    ranks = rank_exits(logs, world_size, stopped is not None)
     if stopped is Outcome.CANCELED:
-        return AttemptResult(
-            stopped, code, ranks, {"reason": "canceled", "message": "canceled by request"}
-        )
+        error = RunError(reason=ErrorReason.CANCELED, message="canceled by request")
+        return AttemptResult(stopped, code, ranks, error)
     if stopped is Outcome.TIMED_OUT:
-        return AttemptResult(stopped, code, ranks, {"reason": "timeout", "message": detail})
+        error = RunError(reason=ErrorReason.TIMEOUT, message=detail)
+        return AttemptResult(stopped, code, ranks, error)
     if stopped is Outcome.HUNG:
         last = last_lines(logs, world_size)
-        error = {"reason": "hung", "message": detail, "last_lines": last}
+        error = RunError(reason=ErrorReason.HUNG, message=detail, last_lines=last)
         return AttemptResult(stopped, code, ranks, error)
-    failure = first_failure(exits)
+    failure = first_failure(logs)
     if failure is not None:
         return AttemptResult(Outcome.RANK_FAILED, code, ranks, rank_error(logs, failure))
-    missing = [rank for rank in range(world_size) if rank not in exits]
+    missing = [int(rank) for rank, exit in ranks.items() if not exit.recorded]
     if code == 0 and not missing:
         return AttemptResult(Outcome.COMPLETED, code, ranks, None)
     if code == 0:
         message = f"rank(s) {missing} ended without reporting an exit status"
-        return AttemptResult(
-            Outcome.LAUNCHER_FAILED,
-            code,
-            ranks,
-            {"reason": "rank_unreported", "ranks": missing, "message": message},
-        )
-    launcher_tail = tail(logs / "launcher.log")
+        error = RunError(reason=ErrorReason.RANK_UNREPORTED, ranks=missing, message=message)
+        return AttemptResult(Outcome.LAUNCHER_FAILED, code, ranks, error)
+    launcher_tail = tail(logs / LAUNCHER_LOG)
     message = f"the launcher exited with code {code}"
     if launcher_tail:
         message += f": {launcher_tail.splitlines()[-1]}"
-    failed: dict[str, Any] = {
-        "reason": "launcher_failed",
-        "exit_code": code,
-        "stderr_tail": launcher_tail,
-        "message": message,
-    }
-    return AttemptResult(Outcome.LAUNCHER_FAILED, code, ranks, failed)
-
-
-def rank_error(logs: Path, failure: dict[str, Any]) -> dict[str, Any]:
-    rank = failure["rank"]
-    stderr_tail = tail(logs / f"rank_{rank}.stderr.log")
-    how = (
-        f"signal {failure['signal']}" if failure["signal"] else f"exit code {failure['exit_code']}"
+    error = RunError(
+        reason=ErrorReason.LAUNCHER_FAILED,
+        exit_code=code,
+        stderr_tail=launcher_tail,
+        message=message,
     )
-    last = stderr_tail.splitlines()[-1] if stderr_tail else "(no stderr)"
-    world = _world_mismatch(logs, rank)
-    if world is not None:
-        return {
-            "reason": "world_size_mismatch",
-            "rank": rank,
-            "host": failure["host"],
-            "exit_code": failure["exit_code"],
-            "signal": failure["signal"],
-            "world_size": world.get("size"),
-            "expected": world.get("expected"),
-            "stderr_tail": stderr_tail,
-            "message": f"rank {rank} on {failure['host']}: {world.get('message', '')}",
-        }
-    return {
-        "reason": "rank_failed",
+    return AttemptResult(Outcome.LAUNCHER_FAILED, code, ranks, error)
+
+
+def rank_error(logs: Path, failure: dict[str, Any]) -> RunError:
+    """A failed rank: which, where, how and the tail of its stderr; a rank stopped by the
+    world-size guard says that its MPI world was too small."""
+    rank = failure["rank"]
+    stderr_tail = tail(logs / RANK_STDERR.format(rank=rank))
+    where = {
         "rank": rank,
         "host": failure["host"],
         "exit_code": failure["exit_code"],
         "signal": failure["signal"],
         "stderr_tail": stderr_tail,
-        "message": f"rank {rank} on {failure['host']} failed with {how}: {last}",
     }
-
-
-def _world_mismatch(logs: Path, rank: int) -> dict[str, Any] | None:
-    """What the world-size guard (``jobside/worldguard.py``) wrote for ``rank``, if it
-    stopped that rank."""
-    try:
-        found: dict[str, Any] = json.loads((logs / f"rank_{rank}.world.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return found
+    world = read_json(logs / RANK_WORLD.format(rank=rank))
+    if world:
+        return RunError(
+            reason=ErrorReason.WORLD_SIZE_MISMATCH,
+            world_size=world.get("size"),
+            expected=world.get("expected"),
+            message=f"rank {rank} on {failure['host']}: {world.get('message', '')}",
+            **where,
+        )
+    signum, code = failure["signal"], failure["exit_code"]
+    how = f"signal {signum}" if signum else f"exit code {code}"
+    last = stderr_tail.splitlines()[-1] if stderr_tail else "(no stderr)"
+    message = f"rank {rank} on {failure['host']} failed with {how}: {last}"
+    return RunError(reason=ErrorReason.RANK_FAILED, message=message, **where)

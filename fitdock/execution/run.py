@@ -19,7 +19,6 @@ from fitdock.errors import RunFailedError
 from fitdock.runs.context import RunContext
 from fitdock.runs.follow import LogFollower
 from fitdock.runs.status import RunStatus
-from fitdock.runs.store import RunDir, list_runs
 
 if TYPE_CHECKING:
     from fitdock.execution.supervisor import Supervisor
@@ -33,6 +32,8 @@ class Run:
     def __init__(
         self, run_id: str, *, home: Path | None = None, supervisor: Supervisor | None = None
     ) -> None:
+        from fitdock.runs.store import RunDir  # not at import: every rank imports Run
+
         self._dir = RunDir.find(run_id, home)
         self._supervisor = supervisor
 
@@ -44,6 +45,8 @@ class Run:
 
     @classmethod
     def list(cls, home: Path | None = None) -> list[Run]:
+        from fitdock.runs.store import list_runs
+
         return [cls(d.id, home=home) for d in list_runs(home)]
 
     # ------------------------------------------------------------------ record
@@ -53,8 +56,11 @@ class Run:
 
     @property
     def record(self) -> dict[str, Any]:
-        """The run record (``run.json``), checked for a lost supervisor."""
-        return self._dir.read_checked()
+        """The run record (``run.json``, see ``runs/record.py``) as JSON, checked for a lost
+        supervisor (a scheduled run's is asked of its scheduler instead)."""
+        from fitdock.execution.current import checked_record
+
+        return checked_record(self._dir).as_json()
 
     @property
     def status(self) -> RunStatus:
@@ -114,14 +120,17 @@ class Run:
         if self._supervisor is not None:
             self._supervisor.cancel()
             return
-        record = self.record
-        if RunStatus(record["status"]).is_terminal:
+        from fitdock.execution.current import checked_record
+        from fitdock.targets.registry import get_target
+
+        record = checked_record(self._dir)
+        if record.status.is_terminal:
             return
         self._dir.cancel_path.touch()  # a live supervisor elsewhere takes it from here
-        if record.get("slurm") and not self._dir.supervisor_alive():
-            from fitdock.targets.slurm.target import cancel_detached
-
-            cancel_detached(self._dir, record)
+        if not self._dir.supervisor_alive():
+            with self._dir.edit() as record:
+                record.cancel_requested = True
+            get_target(record.target).cancel(self._dir, record)
 
     # ------------------------------------------------------------------ results
     def get_metrics(

@@ -12,20 +12,15 @@ from fitdock.distributions import mpijob
 from fitdock.errors import RunNotFoundError, SpecError
 from fitdock.execution.run import Run
 from fitdock.execution.supervisor import Supervisor
+from fitdock.jobside.common import copy_read_only, remove_tree
 from fitdock.process import capture
+from fitdock.runs.layout import CHECKPOINTS, DATA, MODEL, RECORD
+from fitdock.runs.record import ResumeInfo, RunRecord, SourceInfo, SupervisorInfo
 from fitdock.runs.snapshot import snapshot
 from fitdock.runs.status import RunStatus
-from fitdock.runs.store import (
-    RECORD,
-    RunDir,
-    SupervisorLock,
-    copy_read_only,
-    new_run_id,
-    now_iso,
-    remove_tree,
-    runs_root,
-)
+from fitdock.runs.store import RunDir, SupervisorLock, new_run_id, runs_root
 from fitdock.runs.workdir import link_run_folders
+from fitdock.shared import now_iso
 from fitdock.specs.job import JobSpec
 from fitdock.targets.plan import LaunchPlan
 from fitdock.targets.registry import target_for
@@ -37,7 +32,7 @@ def resolve_resume(resume_from: str | None) -> Path | None:
         return None
     path = Path(resume_from).expanduser()
     if path.is_dir():
-        return (path / "checkpoints").resolve() if (path / RECORD).is_file() else path.resolve()
+        return (path / CHECKPOINTS).resolve() if (path / RECORD).is_file() else path.resolve()
     try:
         return RunDir.find(resume_from).checkpoints
     except RunNotFoundError:
@@ -69,8 +64,8 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
         )
         for folder in (
             run.logs,
-            run.outputs / "model",
-            run.outputs / "data",
+            run.outputs / MODEL,
+            run.outputs / DATA,
             run.checkpoints,
             run.inputs,
         ):
@@ -79,7 +74,10 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
         mpijob.install_guard(run)
         for name, path in spec.inputs.items():
             (run.inputs / name).symlink_to(path)
-        resume_dir = copy_read_only(source, run.resume) if source else None
+        resume_dir = None
+        if source is not None:
+            copy_read_only(source, run.resume)
+            resume_dir = run.resume
         plan = target.plan(spec, run, resume_dir)
         run.write(_initial_record(spec, run, plan, summary, source, resume_dir, shipped))
     except BaseException:
@@ -99,39 +97,37 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
     return handle
 
 
-def _initial_record(spec, run, plan, summary, source, resume_dir, shipped) -> dict:  # type: ignore[no-untyped-def]
-    return {
-        "id": run.id,
-        "name": spec.name,
-        "status": RunStatus.PREPARING.value,
-        "created_at": now_iso(),
-        "started_at": None,
-        "ended_at": None,
-        "fitdock_version": __version__,
-        "target": plan.target,
-        "spec": spec.model_dump(mode="json"),
-        "environment_hash": spec.environment.hash(),
-        "argv": plan.argv,
-        "commands": plan.commands,
-        "env": plan.env,
-        "cwd": plan.cwd,
-        "world_size": plan.world_size,
-        "source": {
-            "directory": str(spec.source_directory),
-            "git_commit": _git_commit(spec.source_directory),
-            "files": summary.files,
-            "bytes": summary.bytes,
-            "shipped": {f.name: {"files": f.files, "bytes": f.bytes} for f in shipped},
-        },
-        "resume": {"from": spec.resume_from, "source_dir": str(source), "dir": str(resume_dir)}
-        if resume_dir
-        else None,
-        "checkpoint_dir": str(run.checkpoints),
-        "ranks": {},
-        "exit_code": None,
-        "error": None,
-        "supervisor": {"pid": os.getpid(), "host": socket.gethostname()},
-    }
+def _initial_record(  # type: ignore[no-untyped-def]
+    spec: JobSpec, run: RunDir, plan: LaunchPlan, summary, source, resume_dir, shipped
+) -> RunRecord:
+    resume = None
+    if resume_dir is not None:
+        resume = ResumeInfo(from_=spec.resume_from, source_dir=str(source), dir=str(resume_dir))
+    return RunRecord(
+        id=run.id,
+        name=spec.name,
+        status=RunStatus.PREPARING,
+        created_at=now_iso(),
+        fitdock_version=__version__,
+        target=plan.target,
+        spec=spec.model_dump(mode="json"),
+        environment_hash=spec.environment.hash(),
+        argv=plan.argv,
+        commands=plan.commands,
+        env=plan.env,
+        cwd=plan.cwd,
+        world_size=plan.world_size,
+        source=SourceInfo(
+            directory=str(spec.source_directory),
+            git_commit=_git_commit(spec.source_directory),
+            files=summary.files,
+            bytes=summary.bytes,
+            shipped={f.name: {"files": f.files, "bytes": f.bytes} for f in shipped},
+        ),
+        resume=resume,
+        checkpoint_dir=str(run.checkpoints),
+        supervisor=SupervisorInfo(pid=os.getpid(), host=socket.gethostname()),
+    )
 
 
 def _git_commit(source: Path) -> str | None:

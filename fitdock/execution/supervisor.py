@@ -1,18 +1,19 @@
 """Supervise a launched job: deadline, cancel, fail-fast, hang watchdog, restarts, record.
 
-The supervisor runs in the process that called ``fit()`` (a thread of it). It
-holds the run's ``supervisor.lock`` while the job lives; if that process dies,
-the reaper stops the job and the lock tells later readers the run was lost.
+The supervisor runs in the process that called ``fit()`` (a thread of it). It holds the
+run's ``supervisor.lock`` while the job lives; if that process dies, the reaper stops the
+job and the lock tells later readers the run was lost.
 
-A job runs as one or more *attempts*. After each, ``policy.decide`` says whether
-to start another (``max_restarts``); the next attempt resumes from the run's own
-latest checkpoint, and the logs of the earlier one move to ``logs/attempt-<n>/``.
+It prepares the target's environment and plans again in it, then either runs the job's
+*attempts* itself, or, for a target whose scheduler runs them (Slurm), follows the job
+(``scheduled.follow``). After each attempt of its own, ``decide`` says whether to start
+another (``max_restarts``); the next resumes from the run's latest checkpoint, and the
+logs of the earlier one move to ``logs/attempt-<n>/``.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import threading
 import time
@@ -20,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from fitdock.errors import FitdockError, MpiMismatchError
-from fitdock.execution.judge import AttemptResult, first_failure, judge, read_rank_exits
-from fitdock.execution.policy import Decision, Outcome, decide
-from fitdock.process import JobProcess
+from fitdock.execution import scheduled
+from fitdock.execution.judge import AttemptResult, first_failure, judge
+from fitdock.jobside.common import Decision, Outcome, archive_logs, copy_checkpoint, decide
+from fitdock.runs.record import AttemptRecord, ErrorReason, RunError
 from fitdock.runs.status import RunStatus
-from fitdock.runs.store import RunDir, SupervisorLock, copy_read_only, now_iso, remove_tree
+from fitdock.runs.store import RunDir, SupervisorLock
+from fitdock.shared import now_iso
 from fitdock.specs.job import JobSpec
+from fitdock.targets.base import Job, Target
 from fitdock.targets.plan import LaunchPlan
-from fitdock.targets.registry import Target
 from fitdock.targets.variables import base_environment
 
 POLL_SECONDS = 0.1
@@ -58,125 +61,127 @@ class Supervisor:
     def cancel(self) -> None:
         self.cancel_requested.set()
 
+    def canceled(self) -> bool:
+        return self.cancel_requested.is_set() or self.run_dir.cancel_path.exists()
+
     def run(self) -> None:
         try:
-            supervise = getattr(self.target, "supervise", None)
-            if supervise is not None:  # a scheduler runs the attempts (slurm)
-                supervise(self)
+            if not self.prepare_environment():
+                return
+            if self.target.schedules_attempts:
+                scheduled.follow(self)
             else:
                 self._attempts()
         except BaseException as exc:
-            self.run_dir.update(
-                status=RunStatus.FAILED.value,
-                ended_at=now_iso(),
-                error={
-                    "reason": "supervisor_error",
-                    "message": f"fitdock supervisor error: {exc!r}",
-                },
-            )
+            self.fail(ErrorReason.SUPERVISOR_ERROR, f"fitdock supervisor error: {exc!r}")
             raise
         finally:
             self.lock.release()
             self.done.set()
 
-    # ------------------------------------------------------------------ attempts
+    def fail(self, reason: ErrorReason, message: str, **details: Any) -> None:
+        """End the run Failed, before or outside any attempt."""
+        with self.run_dir.edit() as record:
+            record.status = RunStatus.FAILED
+            record.ended_at = now_iso()
+            record.error = RunError(reason=reason, message=message, **details)
+
+    # ------------------------------------------------------------------ environment
     def prepare_environment(self) -> bool:
         """Build the environment (a venv, an image) before the first attempt, then plan
         again in it (the MPI launcher is chosen by what the built environment loads);
         False when either failed (the run is then Failed with the message)."""
-        prepare = getattr(self.target, "prepare", None)
-        if prepare is None:
-            return True
         try:
-            built = prepare(self.spec, self.run_dir, self.show_output)
+            built = self.target.prepare(self.spec, self.run_dir, self.show_output)
         except FitdockError as exc:
-            error = {"reason": "environment_build", "message": str(exc)}
-            for name in ("step", "log"):
-                if getattr(exc, name, None) is not None:
-                    error[name] = str(getattr(exc, name))
-            self.run_dir.update(status=RunStatus.FAILED.value, ended_at=now_iso(), error=error)
+            details = {
+                name: str(getattr(exc, name))
+                for name in ("step", "log")
+                if getattr(exc, name, None) is not None
+            }
+            self.fail(ErrorReason.ENVIRONMENT_BUILD, str(exc), **details)
             return False
-        self.run_dir.update(environment_build=built)
+        with self.run_dir.edit() as record:
+            record.environment_build = built or None
         try:
             self.plan = self.target.plan(self.spec, self.run_dir, self.resume_dir)
         except FitdockError as exc:
-            reason = "mpi_mismatch" if isinstance(exc, MpiMismatchError) else "plan"
-            error = {"reason": reason, "message": str(exc)}
-            self.run_dir.update(status=RunStatus.FAILED.value, ended_at=now_iso(), error=error)
+            mismatch = isinstance(exc, MpiMismatchError)
+            self.fail(ErrorReason.MPI_MISMATCH if mismatch else ErrorReason.PLAN, str(exc))
             return False
-        plan = self.plan
-        self.run_dir.update(argv=plan.argv, commands=plan.commands, env=plan.env)
+        with self.run_dir.edit() as record:
+            record.argv, record.commands, record.env = (
+                self.plan.argv,
+                self.plan.commands,
+                self.plan.env,
+            )
         return True
 
+    # ------------------------------------------------------------------ attempts
     def _attempts(self) -> None:
-        if not self.prepare_environment():
-            return
-        attempts: list[dict[str, Any]] = []
+        attempts: list[AttemptRecord] = []
         number = 1
         while True:
             started = now_iso()
             result = self._attempt(number)
-            attempts.append(_attempt_record(number, started, result))
-            decision = decide(result.outcome, number, self.spec.max_restarts)
-            if decision is Decision.STOP:
-                self.run_dir.update(
-                    status=result.status.value,
+            attempts.append(
+                AttemptRecord(
+                    attempt=number,
+                    status=result.status,
+                    outcome=result.outcome,
+                    started_at=started,
                     ended_at=now_iso(),
                     exit_code=result.exit_code,
-                    ranks=result.ranks,
                     error=result.error,
-                    attempts=attempts,
                 )
+            )
+            decision = decide(result.outcome, number, self.spec.max_restarts)
+            with self.run_dir.edit() as record:
+                record.attempts = attempts
+                if decision is Decision.STOP:
+                    record.status = result.status
+                    record.ended_at = now_iso()
+                    record.exit_code = result.exit_code
+                    record.ranks = dict(result.ranks)
+                    record.error = result.error
+            if decision is Decision.STOP:
                 return
-            self.run_dir.update(attempts=attempts)
             self._prepare_restart(number)
             number += 1
 
     def _prepare_restart(self, finished: int) -> None:
-        logs = self.run_dir.logs
-        archive = logs / f"attempt-{finished}"
-        archive.mkdir()
-        for path in list(logs.iterdir()):
-            if path.is_file():
-                shutil.move(str(path), archive / path.name)
-        checkpoints = self.run_dir.checkpoints
-        if checkpoints.is_dir() and any(checkpoints.iterdir()):
-            if self.run_dir.resume.exists():
-                remove_tree(self.run_dir.resume)
-            self.resume_dir = copy_read_only(checkpoints, self.run_dir.resume)
+        archive_logs(self.run_dir.logs, finished)
+        if copy_checkpoint(self.run_dir.checkpoints, self.run_dir.resume):
+            self.resume_dir = self.run_dir.resume
         self.plan = self.target.plan(self.spec, self.run_dir, self.resume_dir)
 
     def _attempt(self, number: int) -> AttemptResult:
         plan = self.plan
-        hook = getattr(self.target, "before_attempt", None)
         try:
-            if hook is not None:
-                hook(self.spec, self.run_dir)
+            self.target.before_attempt(self.spec, self.run_dir)
         except FitdockError as exc:  # e.g. a host could not be reached to stage the run
-            error = {"reason": "staging", "message": str(exc)}
+            error = RunError(reason=ErrorReason.STAGING, message=str(exc))
             return AttemptResult(Outcome.LAUNCHER_FAILED, 255, {}, error)
         env = {**base_environment(), **plan.env, "FITDOCK_ATTEMPT": str(number)}
-        job = JobProcess(
-            plan.commands,
-            env=env,
-            cwd=plan.cwd,
-            log_path=self.run_dir.logs / "launcher.log",
-            relay_orders=plan.relay_orders,
-        )
-        self.run_dir.update(
-            status=RunStatus.RUNNING.value, started_at=now_iso(), reaper_pid=job.pid, attempt=number
-        )
+        job = self.target.launch(plan, self.run_dir, env)
+        with self.run_dir.edit() as record:
+            record.status = RunStatus.RUNNING
+            record.started_at = now_iso()
+            record.reaper_pid = job.pid
+            record.attempt = number
         try:
             code, stopped, detail = self._watch(job)
         finally:
             job.close()
-        hook = getattr(self.target, "after_attempt", None)
-        if hook is not None:
-            hook(self.spec, self.run_dir)
+        try:
+            self.target.after_attempt(self.spec, self.run_dir)
+        except FitdockError as exc:  # the results could not be brought back from a host
+            error = RunError(reason=ErrorReason.STAGING, message=str(exc))
+            return AttemptResult(Outcome.LAUNCHER_FAILED, code or 255, {}, error)
         return judge(self.run_dir.logs, plan.world_size, code, stopped, detail)
 
     # ------------------------------------------------------------------ one attempt
-    def _watch(self, job: JobProcess) -> tuple[int, Outcome | None, str]:
+    def _watch(self, job: Job) -> tuple[int, Outcome | None, str]:
         started = time.monotonic()
         started_wall = time.time()
         limit = self.spec.max_run_duration_seconds
@@ -209,12 +214,12 @@ class Supervisor:
         self, now: float, started_wall: float, deadline: float | None
     ) -> tuple[Outcome | None, str, float]:
         grace = self.spec.termination_grace_seconds
-        if self.cancel_requested.is_set() or self.run_dir.cancel_path.exists():
+        if self.canceled():
             return Outcome.CANCELED, "", grace
         if deadline is not None and now >= deadline:
             limit = self.spec.max_run_duration_seconds or 0
             return Outcome.TIMED_OUT, f"exceeded max_run_duration_seconds={limit:g}", grace
-        if first_failure(read_rank_exits(self.run_dir.logs)) is not None:
+        if first_failure(self.run_dir.logs) is not None:
             return Outcome.RANK_FAILED, "", FAIL_FAST_GRACE
         hang = self.spec.hang_timeout_seconds
         if hang is not None:
@@ -230,7 +235,7 @@ class Supervisor:
     def _last_activity(self, started_wall: float) -> float:
         """The newest write to a rank log, the metrics or the heartbeat (wall clock)."""
         newest = started_wall
-        candidates = [self.run_dir.metrics, self.run_dir.path / "heartbeat"]
+        candidates = [self.run_dir.metrics, self.run_dir.heartbeat]
         with os.scandir(self.run_dir.logs) as entries:
             candidates += [
                 Path(e.path)
@@ -243,15 +248,3 @@ class Supervisor:
             except OSError:
                 continue
         return newest
-
-
-def _attempt_record(number: int, started: str, result: AttemptResult) -> dict[str, Any]:
-    return {
-        "attempt": number,
-        "status": result.status.value,
-        "outcome": result.outcome.value,
-        "started_at": started,
-        "ended_at": now_iso(),
-        "exit_code": result.exit_code,
-        "error": result.error,
-    }

@@ -14,84 +14,32 @@ time, and after every requeue) this program runs one *attempt*:
    preemption). The ranks then get SIGTERM (``scancel --signal=TERM`` reaches every task
    of the job's steps on every node; with ``mpirun`` it goes to mpirun, which passes it
    on), ``--grace`` seconds to save a checkpoint, then the step is killed.
-4. It writes ``slurm/attempt-<n>.exit.json`` (outcome, exit code) and, when ``decide``
-   says so, requeues the job (``scontrol requeue``): Slurm starts it again, which is
-   step 1 of the next attempt.
+4. It writes ``slurm/attempt-<n>.exit.json`` (outcome, exit code) and, when
+   ``common.decide_requeue`` says so, requeues the job (``scontrol requeue``): Slurm
+   starts it again, which is step 1 of the next attempt.
+
+The outcomes, the decision, log archiving and the checkpoint copy are ``common.py``'s,
+which the supervisor side uses too (copied beside this file into ``<run>/slurm/``).
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
+try:  # imported as fitdock.jobside.slurmjob (tests, the supervisor side)
+    from fitdock.jobside import common
+except ImportError:  # run as a copied script (-I -S): common.py lies beside it
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import common  # type: ignore[no-redef]
+
+Outcome = common.Outcome
+
 KILL_WAIT = 5.0  # after the grace: the launcher is told to kill the step, then killed itself
 POLL = 0.1
-COMPLETED, FAILED, TIMEOUT = "completed", "failed", "timeout"
-TERMINATED, PREEMPTED = "terminated", "preempted"  # by scancel; by Slurm for another job
-
-
-def decide(outcome: str, attempt: int, restarts: int, max_requeues: int, max_restarts: int) -> bool:
-    """Whether to requeue after an attempt (pure). ``restarts``: how often Slurm has started
-    the job again already (preemptions included). A time-out or a preemption requeues while
-    ``restarts < max_requeues``; a failure also needs ``attempt <= max_restarts``. A
-    cancelled job ends."""
-    if restarts >= max_requeues:
-        return False
-    if outcome in (TIMEOUT, PREEMPTED):
-        return True
-    return outcome == FAILED and attempt <= max_restarts
-
-
-# ---------------------------------------------------------------------------------------------
-# Files
-# ---------------------------------------------------------------------------------------------
-def now_iso() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def write_json(path: str, data: dict) -> None:  # type: ignore[type-arg]
-    with open(path + ".tmp", "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
-
-
-def _writable(func, path, *_):  # type: ignore[no-untyped-def]
-    os.chmod(os.path.dirname(path), 0o700)
-    func(path)
-
-
-def archive_logs(logs: str, attempt: int) -> None:
-    """Move the files of ``logs/`` (an earlier attempt's) to ``logs/attempt-<attempt>/``."""
-    names = [n for n in os.listdir(logs) if os.path.isfile(os.path.join(logs, n))]
-    if not names:
-        return
-    target = os.path.join(logs, f"attempt-{attempt}")
-    os.makedirs(target, exist_ok=True)
-    for name in names:
-        os.replace(os.path.join(logs, name), os.path.join(target, name))
-
-
-def copy_checkpoint(checkpoints: str, resume: str) -> bool:
-    """``resume/`` becomes a read-only copy of ``checkpoints/``; False when there is none."""
-    if not os.path.isdir(checkpoints) or not os.listdir(checkpoints):
-        return False
-    if os.path.exists(resume):
-        if sys.version_info >= (3, 12):
-            shutil.rmtree(resume, onexc=_writable)
-        else:
-            shutil.rmtree(resume, onerror=_writable)
-    shutil.copytree(checkpoints, resume)
-    for folder, _dirs, files in os.walk(resume):
-        for name in files:
-            os.chmod(os.path.join(folder, name), 0o444)
-        os.chmod(folder, 0o555)
-    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,7 +53,7 @@ class Attempt:
         self.job_id = os.environ.get("SLURM_JOB_ID", "")
         self.restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
         self.number = self.restarts + 1
-        self.stop: str | None = None
+        self.stop: common.Outcome | None = None
         self.stop_detail = ""
 
     def path(self, *parts: str) -> str:
@@ -113,15 +61,15 @@ class Attempt:
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if self.stop is None:
-            self.stop = TIMEOUT if signum == signal.SIGUSR2 else TERMINATED
+            self.stop = Outcome.TIMED_OUT if signum == signal.SIGUSR2 else Outcome.TERMINATED
             self.stop_detail = f"signal {signal.Signals(signum).name} from Slurm"
 
     def prepare(self) -> dict[str, str]:
         env = dict(os.environ, FITDOCK_ATTEMPT=str(self.number))
         if self.number > 1:
-            archive_logs(self.path("logs"), self.number - 1)
-            if copy_checkpoint(self.path("checkpoints"), self.path("resume")):
-                env["FITDOCK_RESUME_DIR"] = self.path("resume")
+            common.archive_logs(self.path(common.LOGS), self.number - 1)
+            if common.copy_checkpoint(self.path(common.CHECKPOINTS), self.path(common.RESUME)):
+                env["FITDOCK_RESUME_DIR"] = self.path(common.RESUME)
         return env
 
     def run(self) -> int:
@@ -129,31 +77,31 @@ class Attempt:
             signal.signal(signum, self._on_signal)
         env = self.prepare()
         started = time.monotonic()
-        write_json(
-            self.path("slurm", f"attempt-{self.number}.json"),
+        common.write_json_atomic(
+            self.path(common.SLURM, f"attempt-{self.number}.json"),
             {
                 "attempt": self.number,
                 "job_id": self.job_id,
                 "nodes": os.environ.get("SLURM_JOB_NODELIST", ""),
                 "batch_host": os.uname().nodename,
-                "started_at": now_iso(),
+                "started_at": common.now_iso(),
                 "resumed": "FITDOCK_RESUME_DIR" in env,
             },
         )
-        with open(self.path("logs", "launcher.log"), "ab") as log:
+        with open(self.path(common.LOGS, common.LAUNCHER_LOG), "ab") as log:
             child = subprocess.Popen(
                 self.command, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
         code = self._watch(child, started)
-        outcome = self.stop or (COMPLETED if code == 0 else FAILED)
-        if outcome == TERMINATED or (self.stop is None and self._ranks_got_sigterm()):
+        outcome = self.stop or (Outcome.COMPLETED if code == 0 else Outcome.FAILED)
+        if outcome is Outcome.TERMINATED or (self.stop is None and self._ranks_got_sigterm()):
             # SIGTERM from Slurm, not from us: scancel (the job is completing already) or a
             # preemption (the job still runs: Slurm signals it, then may end it unrequeued)
             state = self._job_state()
             print(f"fitdock: SIGTERM from Slurm; job state {state}", file=sys.stderr, flush=True)
-            outcome = PREEMPTED if state == "RUNNING" else TERMINATED
+            outcome = Outcome.PREEMPTED if state == "RUNNING" else Outcome.TERMINATED
             self.stop_detail = self.stop_detail or "SIGTERM from Slurm"
-        requeue = decide(
+        requeue = common.decide_requeue(
             outcome,
             self.number,
             self.restarts,
@@ -162,18 +110,19 @@ class Attempt:
         )
         record = {
             "attempt": self.number,
-            "outcome": outcome,
+            "outcome": outcome.value,
             "exit_code": code,
             "detail": self.stop_detail,
             "requeued": requeue,
-            "ended_at": now_iso(),
+            "ended_at": common.now_iso(),
         }
-        exit_path = self.path("slurm", f"attempt-{self.number}.exit.json")
-        write_json(exit_path, record)
+        exit_path = self.path(common.SLURM, f"attempt-{self.number}.exit.json")
+        common.write_json_atomic(exit_path, record)
         if requeue:
             failure = self._requeue()  # on success, Slurm requeues the job as this script ends
             if failure:
-                write_json(exit_path, {**record, "requeued": False, "requeue_error": failure})
+                failed = {**record, "requeued": False, "requeue_error": failure}
+                common.write_json_atomic(exit_path, failed)
         return code
 
     def _watch(self, child: subprocess.Popen, started: float) -> int:  # type: ignore[type-arg]
@@ -188,7 +137,7 @@ class Attempt:
                 pass
             now = time.monotonic()
             if self.stop is None and limit and now - started >= limit:
-                self.stop = TIMEOUT
+                self.stop = Outcome.TIMED_OUT
                 self.stop_detail = f"exceeded max_run_duration_seconds={limit:g}"
             if self.stop is not None and stopping_at is None:
                 stopping_at = now
@@ -212,15 +161,7 @@ class Attempt:
     def _ranks_got_sigterm(self) -> bool:
         """True when a rank was sent SIGTERM and none failed before it was (srun's
         --kill-on-bad-exit also sends SIGTERM, to the ranks left after one failed)."""
-        exits = []
-        logs = self.path("logs")
-        for name in os.listdir(logs):
-            if name.startswith("rank_") and name.endswith(".exit.json"):
-                try:
-                    with open(os.path.join(logs, name)) as handle:
-                        exits.append(json.load(handle))
-                except (OSError, ValueError):
-                    continue
+        exits = list(common.read_rank_exits(self.path(common.LOGS)).values())
         signalled = [e for e in exits if signal.SIGTERM in (e.get("signals_received") or [])]
         failed_alone = [e for e in exits if e["exit_code"] != 0 and e not in signalled]
         return bool(signalled) and not failed_alone

@@ -1,47 +1,25 @@
-"""Run records on disk: ``$FITDOCK_HOME/runs/<run id>/``.
+"""Runs on disk: ``$FITDOCK_HOME/runs/<run id>/`` (its files: ``runs/layout.py``).
 
-run.json        the record (written atomically: a crash never leaves half a file)
-snapshot/       the source directory as it was submitted: the job's working directory
-  outputs       link to ../outputs (runs/workdir.py), so ./outputs is the run's outputs/
-  logs          link to ../logs; a source's own outputs/ or logs/ files are moved there
-logs/           rank_<r>.stdout.log, rank_<r>.stderr.log, rank_<r>.exit.json, launcher.log,
-                and what the script writes to FITDOCK_LOG_DIR (= ./logs)
-outputs/        what the script writes to FITDOCK_OUTPUT_DIR (= ./outputs)
-checkpoints/    what the script writes to FITDOCK_CHECKPOINT_DIR
-resume/         a read-only copy of the checkpoint this run resumes from
-inputs/         links to the named inputs
-metrics.jsonl   one JSON line per logged value
-supervisor.lock held by the supervising process while the run is live
-cancel          present when a cancel was requested
-slurm/          slurm target: job.sbatch, the job-side programs, batch.log, and
-                attempt-<n>.json / attempt-<n>.exit.json written by each attempt
+``RunDir`` reads and writes a run's typed record (``runs/record.py``); ``edit()`` is the
+one way to change it: assign typed fields, and the record is written atomically when the
+block ends. ``SupervisorLock`` tells a live run from one whose supervisor died.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import json
 import os
 import secrets
-import shutil
-import stat
-import sys
-import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from fitdock.errors import RunNotFoundError
-from fitdock.runs.status import RunStatus
-
-RECORD = "run.json"
-LOCK = "supervisor.lock"
-CANCEL = "cancel"
-LOST_SUPERVISOR = "lost supervisor: the process supervising this run died before it ended"
-
-
-def fitdock_home() -> Path:
-    return Path(os.environ.get("FITDOCK_HOME") or Path.home() / ".fitdock").expanduser()
+from fitdock.runs.layout import RECORD, RunPaths
+from fitdock.runs.record import RunRecord
+from fitdock.shared import fitdock_home, write_json_atomic
 
 
 def runs_root(home: Path | None = None) -> Path:
@@ -53,30 +31,8 @@ def new_run_id(name: str) -> str:
     return f"{name}_{stamp}_{secrets.token_hex(3)}"
 
 
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, default=str)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-class RunDir:
-    """The paths of one run and its record."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.id = path.name
+class RunDir(RunPaths):
+    """One run's folder and its record."""
 
     @classmethod
     def find(cls, run_id: str, home: Path | None = None) -> RunDir:
@@ -85,50 +41,19 @@ class RunDir:
             raise RunNotFoundError(run_id, str(runs_root(home)))
         return cls(path)
 
-    snapshot = property(lambda self: self.path / "snapshot")
-    logs = property(lambda self: self.path / "logs")
-    outputs = property(lambda self: self.path / "outputs")
-    checkpoints = property(lambda self: self.path / "checkpoints")
-    resume = property(lambda self: self.path / "resume")
-    inputs = property(lambda self: self.path / "inputs")
-    metrics = property(lambda self: self.path / "metrics.jsonl")
-    record_path = property(lambda self: self.path / RECORD)
-    cancel_path = property(lambda self: self.path / CANCEL)
-    lock_path = property(lambda self: self.path / LOCK)
+    def read(self) -> RunRecord:
+        return RunRecord.model_validate(json.loads(self.record_path.read_text()))
 
-    def read(self) -> dict[str, Any]:
-        return json.loads(self.record_path.read_text())
+    def write(self, record: RunRecord) -> None:
+        write_json_atomic(self.record_path, record.as_json())
 
-    def write(self, record: dict[str, Any]) -> None:
-        write_json_atomic(self.record_path, record)
-
-    def update(self, **changes: Any) -> dict[str, Any]:
+    @contextlib.contextmanager
+    def edit(self) -> Iterator[RunRecord]:
+        """``with run.edit() as record: record.status = ...``: read, change typed fields
+        (each assignment validated), write atomically at the end (not on an exception)."""
         record = self.read()
-        record.update(changes)
+        yield record
         self.write(record)
-        return record
-
-    def read_checked(self) -> dict[str, Any]:
-        """The record; a live-looking run whose supervisor is gone is marked Failed."""
-        record = self.read()
-        if RunStatus(record["status"]).is_terminal or self.supervisor_alive():
-            return record
-        with SupervisorLock(self.lock_path, blocking=False) as held:
-            if not held:
-                return self.read()
-            record = self.read()  # re-read under the lock: it may have ended meanwhile
-            if record.get("slurm"):  # a Slurm job outlives its submitter: ask Slurm
-                from fitdock.targets.slurm.record import refresh
-
-                return refresh(self)
-            if not RunStatus(record["status"]).is_terminal:
-                record.update(
-                    status=RunStatus.FAILED.value,
-                    ended_at=record.get("ended_at") or now_iso(),
-                    error={"reason": "lost_supervisor", "message": LOST_SUPERVISOR},
-                )
-                self.write(record)
-        return record
 
     def supervisor_alive(self) -> bool:
         with SupervisorLock(self.lock_path, blocking=False) as held:
@@ -177,29 +102,6 @@ def list_runs(home: Path | None = None) -> list[RunDir]:
 
 def _created(run: RunDir) -> str:
     try:
-        return str(run.read().get("created_at") or "")
+        return str(json.loads(run.record_path.read_text()).get("created_at") or "")
     except (OSError, ValueError):
         return ""
-
-
-def copy_read_only(source: Path, target: Path) -> Path:
-    """A copy of the checkpoint folder, made read-only, so the new run cannot spoil it."""
-    shutil.copytree(source, target, symlinks=False)
-    for folder, _dirs, files in os.walk(target):
-        for name in files:
-            os.chmod(os.path.join(folder, name), 0o444)
-        os.chmod(folder, 0o555)
-    return target
-
-
-def remove_tree(path: Path) -> None:
-    """Remove a half-made run folder, read-only resume copy included."""
-
-    def make_writable(func, failed, *_):  # type: ignore[no-untyped-def]
-        os.chmod(os.path.dirname(failed), stat.S_IRWXU)
-        func(failed)
-
-    if sys.version_info >= (3, 12):
-        shutil.rmtree(path, onexc=make_writable)
-    else:
-        shutil.rmtree(path, onerror=make_writable)

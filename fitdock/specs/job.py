@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +58,7 @@ class SnapshotLimits(BaseModel):
 
 
 class JobSpec(BaseModel):
-    """A job as the launchers see it."""
+    """A job as the targets see it (the job's variables are the environment's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,7 +75,6 @@ class JobSpec(BaseModel):
     use_docker: bool | None = None
     use_gpu: bool = False
     environment: Environment
-    environment_variables: dict[str, str] = Field(default_factory=dict)
     inputs: dict[str, Path] = Field(default_factory=dict)
     resume_from: str | None = None
     max_run_duration_seconds: float | None = Field(default=None, gt=0)
@@ -89,7 +86,3 @@ class JobSpec(BaseModel):
     @property
     def world_size(self) -> int:
         return self.node_count * self.process_count_per_node
-
-    def hash(self) -> str:
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()

@@ -25,37 +25,21 @@ from fitdock.distributions import mpi, mpijob
 from fitdock.distributions.mpimatch import MpiMatch
 from fitdock.distributions.torchrun import torchrun_argv, torchrun_env
 from fitdock.environments.dockerfile import VENV, BuildTier, tier_of
+from fitdock.environments.spec import refuse_conda
 from fitdock.errors import NotAvailableError, SpecError
 from fitdock.jobside.jobtree import RANK_MODE
 from fitdock.process import reaper_argv, tool
+from fitdock.runs.layout import IMAGE_BUILD_LOG
 from fitdock.runs.store import RunDir
 from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.specs.job import JobSpec
+from fitdock.targets.base import Target
 from fitdock.targets.plan import LaunchPlan
 from fitdock.targets.variables import free_port, job_variables
 
-NAME = "docker"
 DEFAULT_SHM = "2g"  # Azure ML's default; Docker's own 64 MB is too small for data loaders
 LIBRARY = "/opt/fitdock/lib"  # where fitdock's package is mounted in the container
 JOBTREE = f"{LIBRARY}/fitdock/jobside/jobtree.py"
-
-
-def check(spec: JobSpec) -> None:
-    if spec.environment.python.conda_packages:
-        raise NotAvailableError(
-            "conda_packages: fitdock's images install pip packages; give pip_packages, or a "
-            "custom_docker_image that already holds the conda environment"
-        )
-    if spec.node_count > 1:
-        raise SpecError(
-            f"node_count={spec.node_count}: the docker target runs on this machine; use "
-            "process_count_per_node for more ranks",
-            field="node_count",
-        )
-    if isinstance(spec.distribution, Horovod) and spec.distribution.launcher == "horovodrun":
-        raise NotAvailableError(
-            "horovodrun in a container is not available: use Horovod(launcher='mpirun')"
-        )
 
 
 def image_of(spec: JobSpec) -> str:
@@ -66,33 +50,13 @@ def image_of(spec: JobSpec) -> str:
     return str(env.docker.base_image) if tier_of(env) is BuildTier.AS_IS else image_tag(env)
 
 
-def prepare(spec: JobSpec, run: RunDir, show_output: bool = False) -> dict[str, Any]:
-    """Build the image (once per environment hash); its log lands in the run's logs."""
-    from fitdock.environments.image import ensure_image
-
-    built = ensure_image(
-        spec.environment,
-        base_image=os.environ.get("FITDOCK_BASE_IMAGE") or None,
-        log=run.logs / "image-build.log",
-        progress=show_output,
-    )
-    return {
-        "image": built.tag,
-        "built": built.built,
-        "seconds": round(built.seconds, 3),
-        "layers_built": built.layers_built,
-        "tier": built.tier.value,
-        "packages": installed_packages(built.tag, built.tier),
-    }
-
-
 def installed_packages(tag: str, tier: BuildTier) -> list[str]:
     """``pip freeze`` of the image's venv, asked once per image and kept beside the image
     logs (an image's contents never change under its tag)."""
     if tier is BuildTier.AS_IS:
         return []  # the user's image: fitdock does not know its Python
     from fitdock.environments.image import docker_client
-    from fitdock.runs.store import fitdock_home
+    from fitdock.shared import fitdock_home
 
     kept = fitdock_home() / "images" / f"{tag.replace(':', '_')}.packages.txt"
     if not kept.is_file():
@@ -148,45 +112,88 @@ def _mpi(spec: JobSpec, run: RunDir, python: str, env: dict[str, str]) -> MpiMat
     return chosen
 
 
-def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
-    check(spec)
-    python = _python(spec)
-    env = job_variables(spec, run, resume_dir, hosts=["localhost"])
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONPATH=LIBRARY)
-    chosen = _mpi(spec, run, python, env)
-    inner = _inner_command(spec, run, python, env, chosen)
-    argv = ["docker", "run", "-i", "--rm", "--name", f"fitdock-{run.id}"]
-    argv += ["--user", f"{os.getuid()}:{os.getgid()}", "--workdir", str(run.snapshot)]
-    argv += ["--stop-timeout", str(math.ceil(spec.termination_grace_seconds))]
-    argv += [
-        "-v",
-        f"{run.path}:{run.path}",
-        "-v",
-        f"{Path(fitdock.__file__).parent}:{LIBRARY}/fitdock:ro",
-    ]
-    for path in spec.inputs.values():
-        argv += ["-v", f"{path}:{path}:ro"]
-    docker = spec.environment.docker
-    argv += ["--shm-size", docker.shm_size or DEFAULT_SHM]
-    if spec.world_size > 1:
-        # MPI moves data between local ranks with cross-memory attach (process_vm_readv),
-        # which Docker's default seccomp profile allows only with this capability.
-        argv += ["--cap-add", "SYS_PTRACE"]
-    if spec.use_gpu:
-        argv += ["--gpus", "all"]
-    for name in sorted(env):
-        argv += ["-e", name]  # the value comes from the docker client's environment
-    argv += [*docker.arguments, image_of(spec), *reaper_argv(python, JOBTREE), *inner]
-    return LaunchPlan(
-        target=NAME,
-        commands=[argv],
-        env=env,
-        cwd=str(run.snapshot),
-        world_size=spec.world_size,
-        interpreter=python,
-        notes=[
-            f"image: {image_of(spec)} ({tier_of(spec.environment).value} build)",
-            *([f"MPI: {chosen.describe()}"] if chosen is not None else []),
-        ],
-        relay_orders=True,
-    )
+class DockerTarget(Target):
+    """Ranks on this machine, in the environment's image."""
+
+    name = "docker"
+
+    def check(self, spec: JobSpec) -> None:
+        refuse_conda(
+            spec.environment,
+            "the image builder",
+            "bake them into a custom_docker_image of your own, drop conda_packages and pass "
+            "user_managed=True (the image is then used as it is)",
+            always=True,
+        )
+        if spec.node_count > 1:
+            raise SpecError(
+                f"node_count={spec.node_count}: the docker target runs on this machine; use "
+                "process_count_per_node for more ranks",
+                field="node_count",
+            )
+        if isinstance(spec.distribution, Horovod) and spec.distribution.launcher == "horovodrun":
+            raise NotAvailableError(
+                "horovodrun in a container is not available: use Horovod(launcher='mpirun')"
+            )
+
+    def prepare(self, spec: JobSpec, run: RunDir, show_output: bool = False) -> dict[str, Any]:
+        """Build the image (once per environment hash); its log lands in the run's logs."""
+        from fitdock.environments.image import ensure_image
+
+        built = ensure_image(
+            spec.environment,
+            base_image=os.environ.get("FITDOCK_BASE_IMAGE") or None,
+            log=run.logs / IMAGE_BUILD_LOG,
+            progress=show_output,
+        )
+        return {
+            "image": built.tag,
+            "built": built.built,
+            "seconds": round(built.seconds, 3),
+            "layers_built": built.layers_built,
+            "tier": built.tier.value,
+            "packages": installed_packages(built.tag, built.tier),
+        }
+
+    def plan(self, spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
+        self.check(spec)
+        python = _python(spec)
+        env = job_variables(spec, run, resume_dir, hosts=["localhost"])
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONPATH=LIBRARY)
+        chosen = _mpi(spec, run, python, env)
+        inner = _inner_command(spec, run, python, env, chosen)
+        argv = ["docker", "run", "-i", "--rm", "--name", f"fitdock-{run.id}"]
+        argv += ["--user", f"{os.getuid()}:{os.getgid()}", "--workdir", str(run.snapshot)]
+        argv += ["--stop-timeout", str(math.ceil(spec.termination_grace_seconds))]
+        argv += [
+            "-v",
+            f"{run.path}:{run.path}",
+            "-v",
+            f"{Path(fitdock.__file__).parent}:{LIBRARY}/fitdock:ro",
+        ]
+        for path in spec.inputs.values():
+            argv += ["-v", f"{path}:{path}:ro"]
+        docker = spec.environment.docker
+        argv += ["--shm-size", docker.shm_size or DEFAULT_SHM]
+        if spec.world_size > 1:
+            # MPI moves data between local ranks with cross-memory attach (process_vm_readv),
+            # which Docker's default seccomp profile allows only with this capability.
+            argv += ["--cap-add", "SYS_PTRACE"]
+        if spec.use_gpu:
+            argv += ["--gpus", "all"]
+        for name in sorted(env):
+            argv += ["-e", name]  # the value comes from the docker client's environment
+        argv += [*docker.arguments, image_of(spec), *reaper_argv(python, JOBTREE), *inner]
+        return LaunchPlan(
+            target=self.name,
+            commands=[argv],
+            env=env,
+            cwd=str(run.snapshot),
+            world_size=spec.world_size,
+            interpreter=python,
+            notes=[
+                f"image: {image_of(spec)} ({tier_of(spec.environment).value} build)",
+                *([f"MPI: {chosen.describe()}"] if chosen is not None else []),
+            ],
+            relay_orders=True,
+        )

@@ -1,8 +1,9 @@
-"""The local target: ranks on this machine, with the current interpreter.
+"""The local target: ranks on this machine.
 
 ``user_managed=True`` runs the job with the interpreter running fitdock (or
-``Environment.python.interpreter_path`` when it names one). Building a fitdock
-environment for the local target is not available yet.
+``Environment.python.interpreter_path`` when it names one); otherwise the environment
+is built as a virtualenv with uv, once per environment hash (``environments.venv``),
+before the first attempt, and the job runs with its interpreter.
 """
 
 from __future__ import annotations
@@ -16,34 +17,16 @@ from typing import Any
 
 from fitdock.distributions import horovod, mpi, mpijob
 from fitdock.distributions.torchrun import torchrun_argv, torchrun_env
-from fitdock.errors import NotAvailableError, SpecError
+from fitdock.environments.spec import LOCAL_CONDA_ADVICE, refuse_conda
+from fitdock.errors import SpecError
 from fitdock.process import rank_wrapper_argv
+from fitdock.runs.layout import ENV_BUILD_LOG
 from fitdock.runs.store import RunDir
 from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.specs.job import JobSpec
+from fitdock.targets.base import Target
 from fitdock.targets.plan import LaunchPlan
 from fitdock.targets.variables import base_environment, free_port, job_variables
-
-NAME = "local"
-
-
-def check(spec: JobSpec) -> None:
-    """Refuse what the local target cannot run, before anything is created."""
-    if spec.node_count > 1:
-        raise SpecError(
-            f"node_count={spec.node_count}: the local target is one machine; use "
-            "process_count_per_node for more ranks here",
-            field="node_count",
-        )
-    if (
-        spec.environment.python.conda_packages
-        and not spec.environment.python.user_managed_dependencies
-    ):
-        raise NotAvailableError(
-            "conda_packages need a conda solver, which the local virtualenv builder does not "
-            "have: run in Docker (use_docker=True) or activate a conda environment yourself "
-            "and pass user_managed=True"
-        )
 
 
 def interpreter(spec: JobSpec) -> str:
@@ -64,13 +47,14 @@ def interpreter(spec: JobSpec) -> str:
     return found
 
 
-def prepare(spec: JobSpec, run: RunDir, show_output: bool = False) -> dict[str, Any]:
-    """Build the environment's virtualenv with uv (once per environment hash)."""
+def build_environment(spec: JobSpec, run: RunDir) -> dict[str, Any]:
+    """Build the environment's virtualenv with uv (once per environment hash); what was
+    built, for the record. A user-managed environment builds nothing."""
     if spec.environment.python.user_managed_dependencies:
         return {"interpreter": interpreter(spec), "user_managed": True}
     from fitdock.environments.venv import ensure_venv
 
-    built = ensure_venv(spec.environment, log=run.logs / "env-build.log")
+    built = ensure_venv(spec.environment, log=run.logs / ENV_BUILD_LOG)
     return {
         "venv": str(built.path),
         "built": built.built,
@@ -80,47 +64,69 @@ def prepare(spec: JobSpec, run: RunDir, show_output: bool = False) -> dict[str, 
     }
 
 
-def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
-    check(spec)
-    python = interpreter(spec)
-    command = [python, spec.entry_script, *spec.arguments]
-    wrapped = [*rank_wrapper_argv(python, run.logs), *command]
-    env = job_variables(spec, run, resume_dir, hosts=[socket.gethostname()])
-    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
-    config = spec.distribution
-    if isinstance(config, (Mpi, Horovod)):
-        gloo = isinstance(config, Horovod) and config.controller == "gloo"
-        user_env = spec.environment.environment_variables
-        probe_env = {**base_environment(), **user_env}
-        chosen = None if gloo else mpijob.on_this_machine(config, python, probe_env, user_env)
-        pythonpath = os.environ.get("PYTHONPATH")
-        env.update(mpijob.variables(chosen, run, spec.world_size, pythonpath))
-        if isinstance(config, Horovod) and config.launcher == "horovodrun":
-            path = horovod.find_horovodrun(config)
-            argv = horovod.horovodrun_argv(path, config, spec.world_size, None, wrapped)
-            if chosen is not None:  # horovodrun runs the first mpirun on PATH: the chosen one
-                env["PATH"] = os.pathsep.join(
-                    [os.path.dirname(chosen.launcher.path), os.environ.get("PATH", "")]
+class LocalTarget(Target):
+    """Ranks on this machine, with the job's interpreter (user-managed or a virtualenv)."""
+
+    name = "local"
+
+    def check(self, spec: JobSpec) -> None:
+        """Refuse what the local target cannot run, before anything is created."""
+        if spec.node_count > 1:
+            raise SpecError(
+                f"node_count={spec.node_count}: the local target is one machine; use "
+                "process_count_per_node for more ranks here",
+                field="node_count",
+            )
+        refuse_conda(spec.environment, "the local virtualenv builder", LOCAL_CONDA_ADVICE)
+
+    def prepare(self, spec: JobSpec, run: RunDir, show_output: bool = False) -> dict[str, Any]:
+        return build_environment(spec, run)
+
+    def plan(self, spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
+        self.check(spec)
+        python = interpreter(spec)
+        command = [python, spec.entry_script, *spec.arguments]
+        wrapped = [*rank_wrapper_argv(python, run.logs), *command]
+        env = job_variables(spec, run, resume_dir, hosts=[socket.gethostname()])
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+        config = spec.distribution
+        if isinstance(config, (Mpi, Horovod)):
+            gloo = isinstance(config, Horovod) and config.controller == "gloo"
+            user_env = spec.environment.environment_variables
+            probe_env = {**base_environment(), **user_env}
+            chosen = None if gloo else mpijob.on_this_machine(config, python, probe_env, user_env)
+            pythonpath = os.environ.get("PYTHONPATH")
+            env.update(mpijob.variables(chosen, run, spec.world_size, pythonpath))
+            if isinstance(config, Horovod) and config.launcher == "horovodrun":
+                path = horovod.find_horovodrun(config)
+                argv = horovod.horovodrun_argv(path, config, spec.world_size, None, wrapped)
+                if chosen is not None:  # horovodrun runs the first mpirun on PATH: the chosen one
+                    env["PATH"] = os.pathsep.join(
+                        [os.path.dirname(chosen.launcher.path), os.environ.get("PATH", "")]
+                    )
+            else:
+                assert chosen is not None  # Horovod's Gloo controller is started by horovodrun
+                argv = mpi.mpi_argv(
+                    chosen.launcher, mpijob.settings(config), spec.world_size, wrapped
                 )
+        elif isinstance(config, PyTorchConfiguration):
+            argv = torchrun_argv(
+                python, config, 1, spec.process_count_per_node, wrapped, run_id=run.id
+            )
+            env.update(torchrun_env(config))
         else:
-            assert chosen is not None  # Horovod's Gloo controller is started by horovodrun
-            argv = mpi.mpi_argv(chosen.launcher, mpijob.settings(config), spec.world_size, wrapped)
-    elif isinstance(config, PyTorchConfiguration):
-        argv = torchrun_argv(python, config, 1, spec.process_count_per_node, wrapped, run_id=run.id)
-        env.update(torchrun_env(config))
-    else:
-        argv = wrapped
-        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-    return LaunchPlan(
-        target=NAME,
-        commands=[argv],
-        env=env,
-        cwd=str(run.snapshot),
-        world_size=spec.world_size,
-        interpreter=python,
-        notes=[
-            f"user-managed environment: {python} as it is"
-            if spec.environment.python.user_managed_dependencies
-            else f"virtualenv of environment {spec.environment.name!r}: {python}"
-        ],
-    )
+            argv = wrapped
+            env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        return LaunchPlan(
+            target=self.name,
+            commands=[argv],
+            env=env,
+            cwd=str(run.snapshot),
+            world_size=spec.world_size,
+            interpreter=python,
+            notes=[
+                f"user-managed environment: {python} as it is"
+                if spec.environment.python.user_managed_dependencies
+                else f"virtualenv of environment {spec.environment.name!r}: {python}"
+            ],
+        )

@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from fitdock.errors import FitdockError
+from fitdock.errors import StagingError
 from fitdock.process import transfer
 from fitdock.runs.store import RunDir
 from fitdock.specs.compute import Hosts
@@ -24,10 +24,6 @@ from fitdock.specs.compute import Hosts
 OUTBOUND = ("snapshot", "resume", "inputs", "guard")  # guard: the MPI world-size guard
 EMPTY = ("logs", "outputs", "checkpoints")  # sent as folders without their files
 INBOUND = ("logs", "outputs", "checkpoints", "metrics.jsonl", "heartbeat")
-
-
-class StagingError(FitdockError):
-    """Copying the run to or from a host failed."""
 
 
 def stage_in(hosts: Hosts, names: list[str], run: RunDir) -> None:

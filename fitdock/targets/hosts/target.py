@@ -22,88 +22,17 @@ from fitdock.specs.compute import Hosts
 from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.specs.job import JobSpec
 from fitdock.targets import local
+from fitdock.targets.base import Target
 from fitdock.targets.hosts import staging
 from fitdock.targets.plan import LaunchPlan
 from fitdock.targets.variables import free_port, job_variables
 
-NAME = "hosts"
 RDZV_PORTS = (29400, 500)  # torchrun's c10d port on the first host: 29400 + hash(run id) % 500
 
 
 def _hosts(spec: JobSpec) -> Hosts:
     assert isinstance(spec.compute_target, Hosts)  # get_target routes only Hosts here
     return spec.compute_target
-
-
-def check(spec: JobSpec) -> None:
-    hosts = _hosts(spec)
-    if spec.use_docker:
-        raise NotAvailableError("use_docker=True is not available on the hosts target yet")
-    if not spec.environment.python.user_managed_dependencies:
-        raise NotAvailableError(
-            "user_managed=False: building environments on remote hosts is not available yet; "
-            "pass user_managed=True and install the packages on every host"
-        )
-    if spec.node_count > len(hosts.hosts):
-        raise SpecError(
-            f"node_count={spec.node_count} but the Hosts target lists {len(hosts.hosts)} host(s)",
-            field="node_count",
-        )
-    for host in hosts.hosts[: spec.node_count]:
-        if spec.process_count_per_node > host.slots:
-            raise SpecError(
-                f"process_count_per_node={spec.process_count_per_node} is more than host "
-                f"{host.name} offers (slots={host.slots}); raise its slots ('{host.name}:"
-                f"{spec.process_count_per_node}') or use fewer processes",
-                field="process_count_per_node",
-            )
-
-
-def plan(spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
-    check(spec)
-    hosts = _hosts(spec)
-    used = hosts.hosts[: spec.node_count]
-    python = hosts.python or local.interpreter(spec)
-    wrapped = [*rank_wrapper_argv(python, run.logs), python, spec.entry_script, *spec.arguments]
-    env = job_variables(spec, run, resume_dir, hosts=[h.name for h in used])
-    env.update(MASTER_ADDR=used[0].name, MASTER_PORT=str(free_port()))
-    if hosts.interface:
-        env.update(GLOO_SOCKET_IFNAME=hosts.interface, NCCL_SOCKET_IFNAME=hosts.interface)
-    config = spec.distribution
-    if isinstance(config, Horovod) and config.launcher != "mpirun":
-        raise NotAvailableError(
-            "Horovod on the hosts target runs through mpirun (the MPI controller): "
-            "pass Horovod(launcher='mpirun')"
-        )
-    listed = ", ".join(f"{h.name}:{h.slots}" for h in used)
-    notes = [f"hosts: {listed}; agent: {shlex.join(hosts.agent_argv())}"]
-    if isinstance(config, PyTorchConfiguration):
-        env.update(torchrun_env(config))
-        commands = _torchrun_commands(spec, hosts, python, wrapped, env, run)
-    elif isinstance(config, (Mpi, Horovod)):
-        user_env = spec.environment.environment_variables
-        chosen = mpijob.on_host(config, python, hosts.agent_argv(), used[0].name, user_env)
-        env.update(mpijob.variables(chosen, run, spec.world_size, None))
-        settings = mpijob.settings(config)
-        commands = [_mpi_argv(chosen.launcher, settings, hosts, spec, env, wrapped, run)]
-        notes.append(f"MPI: {chosen.describe()}")
-    else:
-        commands = [
-            _remote(hosts, used[0].name, run, env | {"RANK": "0", "WORLD_SIZE": "1"}, wrapped)
-        ]
-    if not hosts.shared_filesystem:
-        notes.append(
-            "no shared filesystem: the snapshot is copied to each host before each attempt"
-        )
-    return LaunchPlan(
-        target=NAME,
-        commands=commands,
-        env=env,
-        cwd=str(run.snapshot),
-        world_size=spec.world_size,
-        interpreter=python,
-        notes=notes,
-    )
 
 
 def _remote(
@@ -135,52 +64,96 @@ def _torchrun_commands(
     return commands
 
 
-def _mpi_argv(
-    launcher: mpi.MpiLauncher,
-    config: Mpi,
-    hosts: Hosts,
-    spec: JobSpec,
-    env: dict[str, str],
-    wrapped: list[str],
-    run: RunDir,
-) -> list[str]:
-    used = hosts.hosts[: spec.node_count]
-    host_list = ",".join(f"{h.name}:{spec.process_count_per_node}" for h in used)
-    agent = hosts.agent_argv()
-    argv = [launcher.path, "-n", str(spec.world_size)]
-    if launcher.flavor is mpi.Flavor.OPEN_MPI:
-        argv += ["--host", host_list, "--mca", "plm_rsh_agent", shlex.join(agent)]
-        argv += ["--bind-to", "none", "--wdir", str(run.snapshot)]
-        if hosts.network:
-            argv += ["--mca", "btl", "tcp,self", "--mca", "btl_tcp_if_include", hosts.network]
-            argv += ["--mca", "oob_tcp_if_include", hosts.network]
-        for name in sorted(env):
-            argv += ["-x", name]
-    elif launcher.flavor is mpi.Flavor.MPICH:
-        if len(agent) != 1:
-            raise SpecError(
-                "MPICH's launcher takes the agent as one program: give Hosts(agent=[path]) "
-                "with the options inside that program, or use Open MPI",
-                field="compute_target",
+class HostsTarget(Target):
+    """Ranks on a list of machines, started through a launch agent (ssh)."""
+
+    name = "hosts"
+
+    def check(self, spec: JobSpec) -> None:
+        hosts = _hosts(spec)
+        if spec.use_docker:
+            raise NotAvailableError("use_docker=True is not available on the hosts target yet")
+        if not spec.environment.python.user_managed_dependencies:
+            raise NotAvailableError(
+                "user_managed=False: building environments on remote hosts is not available yet; "
+                "pass user_managed=True and install the packages on every host"
             )
-        argv += ["-hosts", host_list, "-launcher", "ssh", "-launcher-exec", agent[0]]
-        if hosts.local_address:
-            argv += ["-localhost", hosts.local_address]
-        argv += ["-wdir", str(run.snapshot), "-genvlist", ",".join(sorted(env))]
-    else:
-        raise NotAvailableError(
-            f"{launcher.flavor.value} at {launcher.path}: use Open MPI or MPICH on hosts"
+        if spec.node_count > len(hosts.hosts):
+            raise SpecError(
+                f"node_count={spec.node_count} but the Hosts target lists "
+                f"{len(hosts.hosts)} host(s)",
+                field="node_count",
+            )
+        for host in hosts.hosts[: spec.node_count]:
+            if spec.process_count_per_node > host.slots:
+                raise SpecError(
+                    f"process_count_per_node={spec.process_count_per_node} is more than host "
+                    f"{host.name} offers (slots={host.slots}); raise its slots ('{host.name}:"
+                    f"{spec.process_count_per_node}') or use fewer processes",
+                    field="process_count_per_node",
+                )
+
+    def plan(self, spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
+        self.check(spec)
+        hosts = _hosts(spec)
+        used = hosts.hosts[: spec.node_count]
+        python = hosts.python or local.interpreter(spec)
+        wrapped = [*rank_wrapper_argv(python, run.logs), python, spec.entry_script, *spec.arguments]
+        env = job_variables(spec, run, resume_dir, hosts=[h.name for h in used])
+        env.update(MASTER_ADDR=used[0].name, MASTER_PORT=str(free_port()))
+        if hosts.interface:
+            env.update(GLOO_SOCKET_IFNAME=hosts.interface, NCCL_SOCKET_IFNAME=hosts.interface)
+        config = spec.distribution
+        if isinstance(config, Horovod) and config.launcher != "mpirun":
+            raise NotAvailableError(
+                "Horovod on the hosts target runs through mpirun (the MPI controller): "
+                "pass Horovod(launcher='mpirun')"
+            )
+        listed = ", ".join(f"{h.name}:{h.slots}" for h in used)
+        notes = [f"hosts: {listed}; agent: {shlex.join(hosts.agent_argv())}"]
+        if isinstance(config, PyTorchConfiguration):
+            env.update(torchrun_env(config))
+            commands = _torchrun_commands(spec, hosts, python, wrapped, env, run)
+        elif isinstance(config, (Mpi, Horovod)):
+            user_env = spec.environment.environment_variables
+            chosen = mpijob.on_host(config, python, hosts.agent_argv(), used[0].name, user_env)
+            env.update(mpijob.variables(chosen, run, spec.world_size, None))
+            settings = mpijob.settings(config)
+            where = mpi.HostPlacement(
+                host_list=",".join(f"{h.name}:{spec.process_count_per_node}" for h in used),
+                agent=tuple(hosts.agent_argv()),
+                wdir=str(run.snapshot),
+                exported=tuple(sorted(env)),
+                network=hosts.network,
+                local_address=hosts.local_address,
+            )
+            argv = mpi.mpi_argv(chosen.launcher, settings, spec.world_size, wrapped, where)
+            commands = [argv]
+            notes.append(f"MPI: {chosen.describe()}")
+        else:
+            commands = [
+                _remote(hosts, used[0].name, run, env | {"RANK": "0", "WORLD_SIZE": "1"}, wrapped)
+            ]
+        if not hosts.shared_filesystem:
+            notes.append(
+                "no shared filesystem: the snapshot is copied to each host before each attempt"
+            )
+        return LaunchPlan(
+            target=self.name,
+            commands=commands,
+            env=env,
+            cwd=str(run.snapshot),
+            world_size=spec.world_size,
+            interpreter=python,
+            notes=notes,
         )
-    return [*argv, *config.extra_args, *wrapped]
 
+    def before_attempt(self, spec: JobSpec, run: RunDir) -> None:
+        hosts = _hosts(spec)
+        if not hosts.shared_filesystem:
+            staging.stage_in(hosts, [h.name for h in hosts.hosts[: spec.node_count]], run)
 
-def before_attempt(spec: JobSpec, run: RunDir) -> None:
-    hosts = _hosts(spec)
-    if not hosts.shared_filesystem:
-        staging.stage_in(hosts, [h.name for h in hosts.hosts[: spec.node_count]], run)
-
-
-def after_attempt(spec: JobSpec, run: RunDir) -> None:
-    hosts = _hosts(spec)
-    if not hosts.shared_filesystem:
-        staging.stage_out(hosts, [h.name for h in hosts.hosts[: spec.node_count]], run)
+    def after_attempt(self, spec: JobSpec, run: RunDir) -> None:
+        hosts = _hosts(spec)
+        if not hosts.shared_filesystem:
+            staging.stage_out(hosts, [h.name for h in hosts.hosts[: spec.node_count]], run)

@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from fitdock.errors import FitdockError, LauncherNotFoundError
+from fitdock.errors import LauncherNotFoundError, SlurmError
 from fitdock.process import tool
 from fitdock.runs.status import RunStatus
 
@@ -36,10 +36,6 @@ FINAL_STATES = {
     "REVOKED": RunStatus.CANCELED,
 }
 _FIELD = re.compile(r"(?:^|\s)([A-Za-z:/]+)=(\S*)")
-
-
-class SlurmError(FitdockError):
-    """Slurm refused a request (the message is Slurm's own)."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,112 @@
+"""Every file and folder of a run, by name: ``$FITDOCK_HOME/runs/<run id>/``.
+
+    run.json          the record (runs/record.py), written atomically
+    snapshot/         the source directory as submitted: the job's working directory, where
+                      outputs -> ../outputs and logs -> ../logs link to the run's own
+    logs/             rank_<r>.stdout.log, .stderr.log, .exit.json (the rank wrapper's),
+                      rank_<r>.world.json (the world-size guard's), launcher.log,
+                      env-build.log / image-build.log, attempt-<n>/ (earlier attempts)
+    outputs/          what the script writes to FITDOCK_OUTPUT_DIR (model/, data/ for SM_*)
+    checkpoints/      what the script writes to FITDOCK_CHECKPOINT_DIR
+    resume/           a read-only copy of the checkpoint this attempt resumes from
+    inputs/           links to the named inputs
+    guard/            sitecustomize.py: the world-size guard of MPI and Horovod ranks
+    metrics.jsonl     one JSON line per logged value
+    heartbeat         touched by ``RunContext.heartbeat()`` (the hang watchdog reads it)
+    supervisor.lock   held by the supervising process while the run is live
+    cancel            present when a cancel was requested
+    slurm/            slurm target: job.sbatch, the job-side programs, batch.log, and
+                      attempt-<n>.json / attempt-<n>.exit.json written by each attempt
+
+The names the job side writes too come from ``jobside.common`` (which cannot import this).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fitdock.jobside.common import (
+    ATTEMPT_LOGS,
+    CHECKPOINTS,
+    LAUNCHER_LOG,
+    LOGS,
+    RANK_EXIT,
+    RANK_WORLD,
+    RESUME,
+    SLURM,
+)
+
+RECORD = "run.json"
+SNAPSHOT = "snapshot"
+OUTPUTS = "outputs"
+INPUTS = "inputs"
+GUARD = "guard"
+METRICS = "metrics.jsonl"
+HEARTBEAT = "heartbeat"
+LOCK = "supervisor.lock"
+CANCEL = "cancel"
+MODEL, DATA = "model", "data"  # outputs/model (SM_MODEL_DIR), outputs/data
+ENV_BUILD_LOG = "env-build.log"
+IMAGE_BUILD_LOG = "image-build.log"
+RANK_STDOUT = "rank_{rank}.stdout.log"
+RANK_STDERR = "rank_{rank}.stderr.log"
+WORKDIR_LINKS = (OUTPUTS, LOGS)  # snapshot/<name> -> ../<name>
+
+__all__ = [
+    "ATTEMPT_LOGS",
+    "CANCEL",
+    "CHECKPOINTS",
+    "DATA",
+    "ENV_BUILD_LOG",
+    "GUARD",
+    "HEARTBEAT",
+    "IMAGE_BUILD_LOG",
+    "INPUTS",
+    "LAUNCHER_LOG",
+    "LOCK",
+    "LOGS",
+    "METRICS",
+    "MODEL",
+    "OUTPUTS",
+    "RANK_EXIT",
+    "RANK_STDERR",
+    "RANK_STDOUT",
+    "RANK_WORLD",
+    "RECORD",
+    "RESUME",
+    "SLURM",
+    "SNAPSHOT",
+    "WORKDIR_LINKS",
+    "RunPaths",
+]
+
+
+class RunPaths:
+    """The paths of one run (no I/O)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.id = path.name
+
+    snapshot = property(lambda self: self.path / SNAPSHOT)
+    logs = property(lambda self: self.path / LOGS)
+    outputs = property(lambda self: self.path / OUTPUTS)
+    checkpoints = property(lambda self: self.path / CHECKPOINTS)
+    resume = property(lambda self: self.path / RESUME)
+    inputs = property(lambda self: self.path / INPUTS)
+    guard = property(lambda self: self.path / GUARD)
+    slurm = property(lambda self: self.path / SLURM)
+    metrics = property(lambda self: self.path / METRICS)
+    heartbeat = property(lambda self: self.path / HEARTBEAT)
+    record_path = property(lambda self: self.path / RECORD)
+    cancel_path = property(lambda self: self.path / CANCEL)
+    lock_path = property(lambda self: self.path / LOCK)
+    launcher_log = property(lambda self: self.logs / LAUNCHER_LOG)
+
+    def rank_log(self, rank: int, stream: str) -> Path:
+        """``logs/rank_<r>.stdout.log`` or ``.stderr.log``."""
+        name = RANK_STDOUT if stream == "stdout" else RANK_STDERR
+        return self.logs / name.format(rank=rank)
+
+    def attempt_logs(self, attempt: int) -> Path:
+        return self.logs / ATTEMPT_LOGS.format(n=attempt)

@@ -1,0 +1,215 @@
+"""The run record (``run.json``) as typed models.
+
+``RunRecord`` is what ``submit`` writes first and the supervisor (or, for a Slurm run, the
+scheduler's description of the job) brings up to date; every change is an assignment to
+a typed field, validated, then written atomically (``RunDir.edit``). Readers get the same
+shape as JSON (``Run.record``). Records written by earlier versions load: fields added
+since have defaults, and error reasons of old spellings map to today's (``RunError``).
+
+    RunRecord
+    ├── source: SourceInfo           the snapshot: folder, git commit, files, bytes
+    ├── resume: ResumeInfo | None    the checkpoint this run started from
+    ├── ranks: {rank: RankExit}      how each rank of the last attempt ended
+    ├── attempts: [AttemptRecord]    one per attempt (restarts, Slurm requeues)
+    ├── error: RunError | None       why it did not complete; reason: ErrorReason
+    └── slurm: ScheduledJob | None   the batch job (slurm target)
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
+
+from fitdock.jobside.common import Outcome
+from fitdock.runs.status import RunStatus
+
+
+class ErrorReason(str, enum.Enum):
+    """Why a run (or an attempt) did not complete."""
+
+    CANCELED = "canceled"
+    TIMEOUT = "timeout"
+    HUNG = "hung"
+    RANK_FAILED = "rank_failed"
+    RANK_UNREPORTED = "rank_unreported"
+    LAUNCHER_FAILED = "launcher_failed"
+    WORLD_SIZE_MISMATCH = "world_size_mismatch"  # a rank joined a smaller MPI world
+    MPI_MISMATCH = "mpi_mismatch"  # no launcher of the MPI the job loads
+    ENVIRONMENT_BUILD = "environment_build"
+    PLAN = "plan"
+    STAGING = "staging"
+    SUBMIT = "submit"  # the scheduler refused the job
+    SCHEDULER = "scheduler"  # the scheduler ended the job itself (node failure, ...)
+    SCHEDULER_UNREACHABLE = "slurm"
+    PREEMPTED = "preempted"
+    LOST_SUPERVISOR = "lost_supervisor"
+    SUPERVISOR_ERROR = "supervisor_error"
+
+
+# Slurm final states that fitdock 0.1 wrote, lowercased, as an error's reason
+_OLD_SLURM_REASONS = {
+    "failed", "cancelled", "deadline", "node_fail", "boot_fail", "out_of_memory",
+    "special_exit", "revoked", "unknown",
+}  # fmt: skip
+_LOOSE = ConfigDict(extra="allow")  # sub-records of tools outside fitdock's control
+_STRICT = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RunError(BaseModel):
+    """Why the run did not complete: ``reason`` and a ``message`` that says what to change;
+    a failed rank adds which, where, how and its stderr tail."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    reason: ErrorReason
+    message: str = ""
+    rank: int | None = None
+    host: str | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    stderr_tail: str | None = None
+    ranks: list[int] | None = None  # rank_unreported: which
+    last_lines: dict[str, str] | None = None  # hung: each rank's last line
+    world_size: int | None = None  # world_size_mismatch: the world the rank joined
+    expected: int | None = None
+    step: str | None = None  # environment_build: the failing build step, and its log
+    log: str | None = None
+    scheduler_state: str | None = None  # scheduler: the job's final state (e.g. NODE_FAIL)
+
+    @model_serializer(mode="wrap")
+    def _without_empty_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only what applies to this reason: ``{"reason": ..., "message": ...}`` and the
+        details that were given, as run.json always held them."""
+        given = self.model_fields_set | {"reason", "message"}
+        return {key: value for key, value in handler(self).items() if key in given}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_spellings(cls, data: Any) -> Any:
+        """Earlier versions wrote a Slurm job's final state as the reason itself."""
+        if isinstance(data, dict) and data.get("reason") in _OLD_SLURM_REASONS:
+            state = str(data["reason"]).upper()
+            data = {**data, "reason": ErrorReason.SCHEDULER, "scheduler_state": state}
+        return data
+
+
+class RankExit(BaseModel):
+    """How one rank ended, from its wrapper's exit record; a rank whose wrapper was killed
+    (after the grace period, or with its container) has none, and says so."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int
+    exit_code: int | None = None
+    signal: int | None = None
+    pid: int | None = None
+    host: str | None = None
+    started: float | None = None
+    ended: float | None = None
+    signals_received: list[int] = Field(default_factory=list)
+    recorded: bool = True
+    note: str | None = None
+
+    @classmethod
+    def unrecorded(cls, rank: int, note: str) -> RankExit:
+        return cls(rank=rank, recorded=False, note=note)
+
+
+class AttemptRecord(BaseModel):
+    """One attempt: fitdock's own (restarts) or a Slurm job's (requeues)."""
+
+    model_config = _LOOSE  # Slurm attempts add job_id, nodes, batch_host, detail, requeued ...
+
+    attempt: int
+    status: RunStatus | None = None
+    outcome: Outcome | None = None
+    started_at: str | None = None
+    ended_at: str | None = None
+    exit_code: int | None = None
+    error: RunError | None = None
+
+
+class SourceInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    directory: str
+    git_commit: str | None = None
+    files: int | None = None
+    bytes: int | None = None
+    shipped: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+
+class ResumeInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: str | None = Field(default=None, alias="from")
+    source_dir: str | None = None
+    dir: str | None = None
+
+
+class SupervisorInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pid: int
+    host: str
+
+
+class ScheduledJob(BaseModel):
+    """A job that a scheduler runs (held as `slurm` in run.json: Slurm is the one there is)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    job_id: str
+    script: str | None = None
+    submit_host: str | None = None
+    state: str | None = None
+    reason: str | None = None
+
+
+class RunRecord(BaseModel):
+    """``run.json``."""
+
+    model_config = _STRICT
+
+    id: str
+    name: str
+    status: RunStatus
+    parent_id: str | None = None  # the run this one is a step of (a pipeline's)
+    created_at: str
+    started_at: str | None = None
+    ended_at: str | None = None
+    fitdock_version: str
+    target: str
+    spec: dict[str, Any]
+    environment_hash: str
+    argv: list[str]
+    commands: list[list[str]]
+    env: dict[str, str]
+    cwd: str
+    world_size: int
+    source: SourceInfo
+    resume: ResumeInfo | None = None
+    checkpoint_dir: str
+    ranks: dict[str, RankExit | None] = Field(default_factory=dict)
+    exit_code: int | None = None
+    error: RunError | None = None
+    supervisor: SupervisorInfo | None = None
+    environment_build: dict[str, Any] | None = None  # what the target's prepare() said
+    attempts: list[AttemptRecord] = Field(default_factory=list)
+    attempt: int | None = None
+    reaper_pid: int | None = None
+    slurm: ScheduledJob | None = None
+    cancel_requested: bool = False
+
+    def as_json(self) -> dict[str, Any]:
+        """The record as ``run.json`` holds it (and ``Run.record`` returns it)."""
+        return self.model_dump(mode="json", by_alias=True)
