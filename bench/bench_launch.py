@@ -27,7 +27,8 @@ from typing import Any
 from _common import FIT_LIMIT_S, SCRIPTS, Report, fit_within, machine, median_ms
 from _timeout import bench_timeout
 
-TARGET_ADDED_MS = 150.0
+TARGET_ADDED_MS = 25.0  # (a): one extra interpreter start is the floor
+TARGET_MPI_ADDED_MS = 40.0  # (b)
 TARGET_PEER_RATIO = 0.2
 WARMUP = 1
 PEER_POLL_S = 0.01  # the "polled" peer variants ask this often whether their job ended
@@ -219,11 +220,11 @@ def report_mpi(report: Report, ms: dict[str, float]) -> None:
         return
     name = Path(report.data["mpi_launcher"]).name
     added = ms["fitdock_mpi"] - ms["mpiexec"]
-    verdict = report.verdict("b_added_ms", added, TARGET_ADDED_MS)
+    verdict = report.verdict("b_added_ms", added, TARGET_MPI_ADDED_MS)
     report.emit(
         f"bench (b) fit() 2 MPI ranks: fitdock {ms['fitdock_mpi']:.1f} ms, "
         f"{name} -n 2 -launcher fork {ms['mpiexec']:.1f} ms, added {added:.1f} ms "
-        f"(target <= {TARGET_ADDED_MS:.0f} ms) {verdict}"
+        f"(target <= {TARGET_MPI_ADDED_MS:.0f} ms) {verdict}"
     )
 
 

@@ -50,15 +50,19 @@ class JobProcess:
         log_path: str | Path,
         python: str = sys.executable,
         relay_orders: bool = False,
+        rank_logs: str | None = None,
     ) -> None:
         """``relay_orders``: the commands are reapers themselves (one in a container, say):
-        orders go to their stdin (see ``jobtree``)."""
+        orders go to their stdin (see ``jobtree``). ``rank_logs``: the one command is the
+        job's only rank, and the reaper keeps its logs and exit record there."""
         import subprocess
 
         joined: list[str] = []
         for command in commands:
             joined += [NEXT, *command] if joined else list(command)
         mode = ["reap", "--relay"] if relay_orders else ["reap"]
+        if rank_logs is not None:
+            mode += ["--rank", rank_logs]
         reaper = [python, "-I", "-S", jobtree.__file__, *mode, "--", *joined]
         with open(log_path, "ab") as log:
             self._popen = subprocess.Popen(
@@ -104,10 +108,11 @@ class JobProcess:
                 self._popen.stdin.close()
 
 
-def reaper_argv(python: str, jobtree_path: str) -> list[str]:
+def reaper_argv(python: str, jobtree_path: str, rank_logs: str | None = None) -> list[str]:
     """The argv prefix of a reaper that runs elsewhere (in a container): it reads orders from
-    its stdin and stops the job when stdin closes."""
-    return [python, "-I", "-S", jobtree_path, "reap", "--"]
+    its stdin and stops the job when stdin closes (``rank_logs``: see ``JobProcess``)."""
+    rank = ["--rank", rank_logs] if rank_logs is not None else []
+    return [python, "-I", "-S", jobtree_path, "reap", *rank, "--"]
 
 
 def rank_wrapper_argv(

@@ -38,6 +38,7 @@ def follow(supervisor: Supervisor) -> None:
     run, target = supervisor.run_dir, supervisor.target
     if supervisor.canceled():
         with run.edit() as record:
+            supervisor.record_start(record)
             record.status = RunStatus.CANCELED
             record.ended_at = now_iso()
             record.error = RunError(
@@ -50,6 +51,7 @@ def follow(supervisor: Supervisor) -> None:
         supervisor.fail(ErrorReason.SUBMIT, str(exc))
         return
     with run.edit() as record:
+        supervisor.record_start(record)
         record.status = RunStatus.QUEUED
         record.slurm = job
     stopped = False

@@ -21,6 +21,7 @@ from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir, SupervisorLock, new_run_id, runs_root
 from fitdock.runs.workdir import link_run_folders
 from fitdock.shared import now_iso
+from fitdock.specs.distribution import Horovod, Mpi
 from fitdock.specs.job import JobSpec
 from fitdock.targets.plan import LaunchPlan
 from fitdock.targets.registry import target_for
@@ -71,7 +72,8 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
         ):
             folder.mkdir(parents=True, exist_ok=True)
         shipped = link_run_folders(run)
-        mpijob.install_guard(run)
+        if isinstance(spec.distribution, (Mpi, Horovod)):
+            mpijob.install_guard(run)
         for name, path in spec.inputs.items():
             (run.inputs / name).symlink_to(path)
         resume_dir = None

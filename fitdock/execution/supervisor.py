@@ -24,7 +24,7 @@ from fitdock.errors import FitdockError, MpiMismatchError
 from fitdock.execution import scheduled
 from fitdock.execution.judge import AttemptResult, first_failure, judge
 from fitdock.jobside.common import Decision, Outcome, archive_logs, copy_checkpoint, decide
-from fitdock.runs.record import AttemptRecord, ErrorReason, RunError
+from fitdock.runs.record import AttemptRecord, ErrorReason, RunError, RunRecord
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir, SupervisorLock
 from fitdock.shared import now_iso
@@ -57,6 +57,7 @@ class Supervisor:
         self.show_output = show_output
         self.cancel_requested = threading.Event()
         self.done = threading.Event()
+        self.environment_build: dict[str, Any] | None = None
 
     def cancel(self) -> None:
         self.cancel_requested.set()
@@ -82,6 +83,7 @@ class Supervisor:
     def fail(self, reason: ErrorReason, message: str, **details: Any) -> None:
         """End the run Failed, before or outside any attempt."""
         with self.run_dir.edit() as record:
+            record.environment_build = record.environment_build or self.environment_build
             record.status = RunStatus.FAILED
             record.ended_at = now_iso()
             record.error = RunError(reason=reason, message=message, **details)
@@ -89,8 +91,9 @@ class Supervisor:
     # ------------------------------------------------------------------ environment
     def prepare_environment(self) -> bool:
         """Build the environment (a venv, an image) before the first attempt, then plan
-        again in it (the MPI launcher is chosen by what the built environment loads);
-        False when either failed (the run is then Failed with the message)."""
+        again in it when the plan was made before it existed (the MPI launcher is chosen
+        by what the built environment loads); False when either failed (the run is then
+        Failed with the message)."""
         try:
             built = self.target.prepare(self.spec, self.run_dir, self.show_output)
         except FitdockError as exc:
@@ -101,21 +104,22 @@ class Supervisor:
             }
             self.fail(ErrorReason.ENVIRONMENT_BUILD, str(exc), **details)
             return False
-        with self.run_dir.edit() as record:
-            record.environment_build = built or None
-        try:
+        self.environment_build = built or None  # recorded with the first attempt's start
+        if not self.plan.provisional:
+            return True
+        try:  # planned before the environment existed: plan in it now
             self.plan = self.target.plan(self.spec, self.run_dir, self.resume_dir)
         except FitdockError as exc:
             mismatch = isinstance(exc, MpiMismatchError)
             self.fail(ErrorReason.MPI_MISMATCH if mismatch else ErrorReason.PLAN, str(exc))
             return False
-        with self.run_dir.edit() as record:
-            record.argv, record.commands, record.env = (
-                self.plan.argv,
-                self.plan.commands,
-                self.plan.env,
-            )
         return True
+
+    def record_start(self, record: RunRecord) -> None:
+        """What preparing found, written with the first change of status (one write less
+        on the way to the first rank)."""
+        record.environment_build = self.environment_build
+        record.argv, record.commands, record.env = self.plan.argv, self.plan.commands, self.plan.env
 
     # ------------------------------------------------------------------ attempts
     def _attempts(self) -> None:
@@ -137,6 +141,8 @@ class Supervisor:
             )
             decision = decide(result.outcome, number, self.spec.max_restarts)
             with self.run_dir.edit() as record:
+                if record.environment_build is None:  # the attempt failed before it started
+                    self.record_start(record)
                 record.attempts = attempts
                 if decision is Decision.STOP:
                     record.status = result.status
@@ -165,6 +171,8 @@ class Supervisor:
         env = {**base_environment(), **plan.env, "FITDOCK_ATTEMPT": str(number)}
         job = self.target.launch(plan, self.run_dir, env)
         with self.run_dir.edit() as record:
+            if number == 1:
+                self.record_start(record)
             record.status = RunStatus.RUNNING
             record.started_at = now_iso()
             record.reaper_pid = job.pid

@@ -4,15 +4,19 @@ Run as a script (``python -I -S jobtree.py MODE ...``, started by ``process.py``
 it imports only the standard library, and little of it: it starts every rank. Two
 modes:
 
-``reap``  The job's root, in a session of its own. It marks itself a child
-          subreaper, so every descendant, however orphaned, stays in its tree.
-          It runs the job's command(s) (several, split by ``NEXT``, run side by
-          side; one failing stops the others) and reads one-line orders from stdin:
+``reap``  The job's root (``reap [--relay] [--rank LOGS] -- ...``), in a session of its
+          own. It marks itself a child subreaper, so every descendant, however
+          orphaned, stays in its tree. It runs the job's command(s) (several,
+          split by ``NEXT``, run side by side; one failing stops the others) and
+          reads one-line orders from stdin:
           a signal number is sent to the job's user processes (9 to all of its
           descendants). EOF on stdin means the supervisor died: it then
           terminates the tree (SIGTERM, then SIGKILL after ``ORPHAN_GRACE``).
           When the commands have exited, leftovers are killed and the reaper
           exits with the first non-zero status (128 + signal for a signal).
+          With ``--rank LOGS`` its one command is the job's only rank: the reaper
+          does the rank wrapper's work itself (logs, rank variables, exit record),
+          which spares a job of one process an interpreter start.
 ``rank``  Wraps one rank: maps MPI (or srun) rank variables to RANK/WORLD_SIZE/
           LOCAL_RANK, sends the script's stdout/stderr to ``rank_<r>.stdout.log`` and
           ``.stderr.log``, forwards the signals it gets (from mpirun, say) to the
@@ -25,9 +29,9 @@ codes), so a script receives each signal exactly once.
 
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` adds enums, 3 ms at every rank's start
 import os
 import select
-import signal
 import sys
 import time
 
@@ -179,10 +183,18 @@ def split_commands(argv: list[str]) -> list[list[str]]:
     return [command for command in commands if command]
 
 
-def _spawn(command: list[str], env: dict[str, str], relay: list[int] | None) -> int:
-    """Start one command: stdin from /dev/null, or (relay) from a pipe we keep the end of."""
+def _spawn(
+    command: list[str], env: dict[str, str], relay: list[int] | None, logs: str | None = None
+) -> int:
+    """Start one command: stdin from /dev/null, or (relay) from a pipe we keep the end of;
+    with ``logs`` (the only rank), stdout and stderr to that rank's log files."""
     if relay is None:
         actions = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0)]
+        if logs is not None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+            rank = env["RANK"]
+            actions.append((os.POSIX_SPAWN_OPEN, 1, f"{logs}rank_{rank}.stdout.log", flags, 0o644))
+            actions.append((os.POSIX_SPAWN_OPEN, 2, f"{logs}rank_{rank}.stderr.log", flags, 0o644))
         return os.posix_spawnp(command[0], command, env, file_actions=actions)
     read, write = os.pipe()
     try:
@@ -195,7 +207,7 @@ def _spawn(command: list[str], env: dict[str, str], relay: list[int] | None) -> 
     return pid
 
 
-def reap_main(argv: list[str], relay_orders: bool = False) -> int:
+def reap_main(argv: list[str], relay_orders: bool = False, rank_logs: str | None = None) -> int:
     """Run the job's command(s); the job ends when all have exited. Its status is the
     first non-zero status, and a command failing stops the others (fail-fast).
 
@@ -207,11 +219,16 @@ def reap_main(argv: list[str], relay_orders: bool = False) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, lambda *_: _stop_and_exit(me))
     env = dict(os.environ, FITDOCK_REAPER_PID=str(me))
+    logs = None if rank_logs is None else rank_logs.rstrip("/") + "/"
+    if logs is not None:
+        env.update(rank_env())
     relay: list[int] | None = [] if relay_orders else None
     running: dict[int, int] = {}  # pidfd -> pid
+    started = time.time()
+    sent: list[int] = []  # the orders passed on: the signals the only rank received
     for command in split_commands(argv):
         try:
-            pid = _spawn(command, env, relay)
+            pid = _spawn(command, env, relay, logs)
         except OSError as exc:
             print(f"fitdock: cannot run {command[0]}: {exc.strerror}", file=sys.stderr)
             _stop_tree(me, LEFTOVER_GRACE)
@@ -232,6 +249,7 @@ def reap_main(argv: list[str], relay_orders: bool = False) -> int:
             pending += chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
+                sent.append(int(line))
                 if relay is None:
                     _obey(me, mains, int(line))
                 else:
@@ -243,6 +261,8 @@ def reap_main(argv: list[str], relay_orders: bool = False) -> int:
             if pid in _EXITED:
                 os.close(fd)
                 del running[fd]
+                if logs is not None:
+                    write_exit(logs, env["RANK"], pid, _EXITED[pid], started, sent)
                 status = exit_status(_EXITED[pid])
                 if status and failed is None:
                     failed = status
@@ -359,6 +379,14 @@ def rank_main(log_dir: str, argv: list[str]) -> int:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done == pid:
             break
+    return write_exit(logs, rank, pid, status, started, received)
+
+
+def write_exit(
+    logs: str, rank: str, pid: int, status: int, started: float, received: list[int]
+) -> int:
+    """``rank_<r>.exit.json``: how the rank's script ended (read by the judge, fail-fast
+    and the Slurm driver); returns its shell-style exit code."""
     code = exit_status(status)
     signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else "null"
     record = (
@@ -376,8 +404,10 @@ def rank_main(log_dir: str, argv: list[str]) -> int:
 def main(args: list[str]) -> int:
     mode, rest = args[0], args[1:]
     if mode == "reap":
+        options = rest[: rest.index("--")]
+        rank_logs = options[options.index("--rank") + 1] if "--rank" in options else None
         return reap_main(
-            rest[rest.index("--") + 1 :], relay_orders="--relay" in rest[: rest.index("--")]
+            rest[rest.index("--") + 1 :], relay_orders="--relay" in options, rank_logs=rank_logs
         )
     if mode == RANK_MODE:
         return rank_main(rest[0], rest[rest.index("--") + 1 :])

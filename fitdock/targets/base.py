@@ -96,6 +96,7 @@ class Target(abc.ABC):
             cwd=plan.cwd,
             log_path=run.launcher_log,
             relay_orders=plan.relay_orders,
+            rank_logs=plan.rank_logs,
         )
 
     def submit(self, plan: LaunchPlan, run: RunDir) -> ScheduledJob:

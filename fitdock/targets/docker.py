@@ -196,4 +196,5 @@ class DockerTarget(Target):
                 *([f"MPI: {chosen.describe()}"] if chosen is not None else []),
             ],
             relay_orders=True,
+            provisional=chosen is not None and not chosen.checked,
         )

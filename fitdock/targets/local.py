@@ -114,15 +114,18 @@ class LocalTarget(Target):
                 python, config, 1, spec.process_count_per_node, wrapped, run_id=run.id
             )
             env.update(torchrun_env(config))
-        else:
-            argv = wrapped
+        else:  # one process: the reaper is its rank wrapper (LaunchPlan.rank_logs)
+            argv = command
             env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        solo = config is None
         return LaunchPlan(
             target=self.name,
             commands=[argv],
             env=env,
             cwd=str(run.snapshot),
             world_size=spec.world_size,
+            rank_logs=str(run.logs) if solo else None,
+            provisional=not os.access(python, os.X_OK),
             interpreter=python,
             notes=[
                 f"user-managed environment: {python} as it is"

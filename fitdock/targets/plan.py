@@ -22,6 +22,12 @@ class LaunchPlan:
     relay_orders: bool = False  # the commands are reapers themselves (e.g. inside a container)
     notes: list[str] = field(default_factory=list)
     main_file: str | None = None  # the file that *is* the plan (an sbatch script)
+    # The one command is the job's only rank, run by the reaper itself, which keeps the
+    # rank's logs and exit record in this folder (no rank wrapper: one interpreter less).
+    rank_logs: str | None = None
+    # Planned before the environment exists (a virtualenv or an image not built yet):
+    # the supervisor plans again once it is prepared.
+    provisional: bool = False
 
     @property
     def argv(self) -> list[str]:

@@ -142,6 +142,7 @@ class SlurmTarget(Target):
             files={sbatch.SCRIPT: text},
             notes=notes,
             main_file=sbatch.SCRIPT,
+            provisional=launcher is not None and not chosen.checked,
         )
 
     def prepare(self, spec: JobSpec, run: RunDir, show_output: bool = False) -> dict[str, Any]:
