@@ -213,12 +213,16 @@ class RankWatcher(PidWatcher):
 
 def death_estimator(work: Path, folder: Path, launcher: str) -> Estimator:
     from fitdock import Estimator, Mpi, PyTorchConfiguration
+    from fitdock.distributions.mpi import Flavor, find_launcher
 
     if launcher == "torchrun":
         dist: Any = PyTorchConfiguration(communication_backend="gloo", process_count=RANKS)
         options: dict[str, Any] = {"distributed_training": dist}
     else:
-        mpi = Mpi(mpirun=OPEN_MPI) if launcher == "openmpi" else Mpi()
+        # MPICH named, not Mpi() alone: where Horovod is built against Open MPI, Mpi() picks
+        # Open MPI's mpirun (the launcher of the MPI the job loads) and the case would lie
+        mpich = find_launcher(Mpi(), Flavor.MPICH).path if launcher == "mpich" else None
+        mpi = Mpi(mpirun=OPEN_MPI if launcher == "openmpi" else mpich)
         options = {"distributed_training": mpi, "process_count_per_node": RANKS}
     return Estimator(
         work,
