@@ -23,11 +23,31 @@ if TYPE_CHECKING:
     from fitdock.estimators.base import Estimator
     from fitdock.estimators.frameworks import Chainer, PyTorch
     from fitdock.execution.run import Run
+    from fitdock.pipelines import (
+        EstimatorStep,
+        Experiment,
+        Pipeline,
+        PipelineData,
+        PipelineParameter,
+        PipelineRun,
+        PythonScriptStep,
+        RunConfiguration,
+        StepSequence,
+    )
     from fitdock.runs.status import RunStatus
     from fitdock.specs.compute import Hosts, Slurm
     from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
 
 _EXPORTS = {
+    "EstimatorStep": "fitdock.pipelines",
+    "Experiment": "fitdock.pipelines",
+    "Pipeline": "fitdock.pipelines",
+    "PipelineData": "fitdock.pipelines",
+    "PipelineParameter": "fitdock.pipelines",
+    "PipelineRun": "fitdock.pipelines",
+    "PythonScriptStep": "fitdock.pipelines",
+    "RunConfiguration": "fitdock.pipelines",
+    "StepSequence": "fitdock.pipelines",
     "Chainer": "fitdock.estimators.frameworks",
     "Environment": "fitdock.environments.spec",
     "Estimator": "fitdock.estimators.base",
@@ -46,15 +66,24 @@ __all__ = [
     "Chainer",
     "Environment",
     "Estimator",
+    "EstimatorStep",
+    "Experiment",
     "FitdockError",
     "Horovod",
     "Hosts",
     "Mpi",
+    "Pipeline",
+    "PipelineData",
+    "PipelineParameter",
+    "PipelineRun",
     "PyTorch",
     "PyTorchConfiguration",
+    "PythonScriptStep",
     "Run",
+    "RunConfiguration",
     "RunStatus",
     "Slurm",
+    "StepSequence",
     "__version__",
 ]
 

@@ -2,7 +2,8 @@
 
     FitdockError                      base: catch this to catch them all
     ├── SpecError                     bad user input, found before anything is created
-    │   (also a ValueError)           .field names the offending argument
+    │   │ (also a ValueError)         .field names the offending argument
+    │   └── PipelineValidationError   a pipeline that cannot run; .problems lists them all
     ├── NotAvailableError             asked for something this installation cannot do yet
     ├── SnapshotError                 source directory missing, or over the size/file limits
     ├── EnvironmentResolutionError    unknown framework version, unknown catalogue entry
@@ -37,6 +38,17 @@ class SpecError(FitdockError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class PipelineValidationError(SpecError):
+    """A pipeline that cannot run: every problem found (a cycle, an input no step
+    produces, two steps of one name, an output produced twice, a parameter without a
+    value), in ``problems``."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        listed = "\n".join(f"  - {problem}" for problem in self.problems)
+        super().__init__(f"the pipeline cannot run:\n{listed}", field="steps")
 
 
 class NotAvailableError(FitdockError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -101,3 +102,36 @@ def test_pytorch_horovod_example_then_resume() -> None:
     assert resumed.status is RunStatus.COMPLETED, resumed.error
     final = [json.loads((r.output_dir / "final.json").read_text()) for r in (whole, resumed)]
     assert final[0]["params_sha256"] == final[1]["params_sha256"]
+
+
+@pytest.mark.chainer
+@pytest.mark.mpi
+def test_pipeline_example_trains_on_two_ranks_then_reuses_every_step() -> None:
+    def submit():  # type: ignore[no-untyped-def]
+        example = runpy.run_path(str(EXAMPLES / "pipeline_azure" / "pipeline.py"), run_name="ex")
+        run = example["Experiment"](None, "pipeline-example").submit(
+            example["pipeline"], pipeline_parameters={"epochs": 2}
+        )
+        run.wait_for_completion(show_output=False, raise_on_error=False)
+        return run
+
+    first = submit()
+    assert first.status is RunStatus.COMPLETED, first.error
+    steps = {step.name: step for step in first.get_steps()}
+    assert list(steps) == ["prepare", "train", "evaluate"]
+    assert not any(step.reused for step in steps.values())
+    train = steps["train"]
+    assert train.record["world_size"] == 2
+    for rank in (0, 1):
+        log = (train.log_dir / f"rank_{rank}.stdout.log").read_text()
+        assert f"rank {rank} of 2: 800 training samples" in log
+    assert len(train.get_metrics()["loss"]) == 2
+    (accuracy,) = steps["evaluate"].get_metrics()["accuracy"]
+    assert accuracy > 0.8
+
+    second = submit()
+    assert second.status is RunStatus.COMPLETED, second.error
+    assert all(step.reused for step in second.get_steps())
+    reused = {step.name: step.reused_from for step in second.get_steps()}
+    assert reused == {name: step.id for name, step in steps.items()}
+    assert "reused from" in second.explain("train")

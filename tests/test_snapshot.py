@@ -1,13 +1,18 @@
-"""Snapshots: ignore files (nested, negation), .git never copied, limits and clean failure."""
+"""Snapshots: ignore files (nested, negation), .git never copied, limits and clean failure;
+modes and times kept; nothing a script does to its snapshot reaches the source or another
+run's snapshot (clones included, where the filesystem makes them)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import stat
 from pathlib import Path
 
 import pytest
 from helpers import run_dirs
 
-from fitdock import Estimator
+from fitdock import Estimator, RunStatus
 from fitdock.errors import SnapshotError
 from fitdock.runs.snapshot import collect, snapshot
 
@@ -176,3 +181,156 @@ def test_fit_over_a_limit_leaves_no_run_directory(
     with pytest.raises(SnapshotError, match=words):
         est.fit()
     assert run_dirs(fitdock_home) == []
+
+
+def test_amlignore_is_honored_between_gitignore_and_fitdockignore(tmp_path: Path) -> None:
+    src = tree(
+        tmp_path / "src",
+        {
+            "train.py": "",
+            ".gitignore": "*.csv\n",
+            ".amlignore": "!keep.csv\nazureml-logs/\n*.tmp\n",
+            ".fitdockignore": "!wanted.tmp\n",
+            "keep.csv": "",
+            "drop.csv": "",
+            "azureml-logs/x.txt": "",
+            "scratch.tmp": "",
+            "wanted.tmp": "",
+        },
+    )
+    assert names(src) == {
+        ".gitignore",
+        ".amlignore",
+        ".fitdockignore",
+        "train.py",
+        "keep.csv",
+        "wanted.tmp",
+    }
+
+
+def test_snapshot_keeps_bytes_modes_and_times(tmp_path: Path) -> None:
+    src = tree(tmp_path / "src", {"run.sh": "#!/bin/sh\n", "ro.txt": "frozen", "empty": ""})
+    (src / "big.bin").write_bytes(os.urandom(5 << 20))
+    (src / "run.sh").chmod(0o750)
+    (src / "ro.txt").chmod(0o444)
+    os.utime(src / "big.bin", ns=(1_600_000_000_123_456_789, 1_500_000_000_987_654_321))
+    (src / "link.txt").symlink_to(src / "ro.txt")
+    (src / "dirlink").symlink_to(src, target_is_directory=True)
+    old = os.umask(0o077)  # bits the umask would strip are put back
+    try:
+        summary = snapshot(src, tmp_path / "out", max_size_mb=10, max_files=10)
+    finally:
+        os.umask(old)
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "big.bin",
+        "empty",
+        "link.txt",
+        "ro.txt",
+        "run.sh",
+    ]
+    assert summary.files == 5
+    for name in ("run.sh", "ro.txt", "empty", "big.bin"):
+        got, want = (out / name).stat(), (src / name).stat()
+        assert (out / name).read_bytes() == (src / name).read_bytes()
+        assert stat.S_IMODE(got.st_mode) == stat.S_IMODE(want.st_mode), name
+        assert got.st_mtime_ns == want.st_mtime_ns, name
+    assert (out / "link.txt").is_file() and not (out / "link.txt").is_symlink()
+    assert (out / "link.txt").read_text() == "frozen"
+
+
+def _state(root: Path) -> dict[str, tuple[bytes, int, int]]:
+    return {
+        path.relative_to(root).as_posix(): (
+            path.read_bytes(),
+            stat.S_IMODE(path.lstat().st_mode),
+            path.lstat().st_mtime_ns,
+        )
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and not path.is_symlink()
+    }
+
+
+VANDAL = """
+import os
+# in place, appended, truncated, made writable and then written, deleted, renamed over:
+with open("model.bin", "r+b") as handle:
+    handle.write(b"overwritten")
+with open("notes.txt", "a") as handle:
+    handle.write("appended by the job\\n")
+os.truncate("pkg/data.bin", 0)
+os.chmod("pkg/util.py", 0o777)
+try:
+    handle = open("frozen.txt", "w")  # read-only (0o444): root opens it for writing anyway
+except PermissionError:
+    os.chmod("frozen.txt", 0o666)
+    handle = open("frozen.txt", "w")
+with handle:
+    handle.write("thawed")
+os.utime("train.py", (0, 0))
+os.unlink("gone.txt")
+os.replace("notes.txt", "pkg/util.py")
+print("vandalised as uid", os.geteuid())
+"""
+
+
+def _safety_source(root: Path) -> Path:
+    src = tree(
+        root,
+        {
+            "train.py": "print('a run that reads its snapshot')\n",
+            "x.py": VANDAL,
+            "notes.txt": "notes\n",
+            "frozen.txt": "frozen",
+            "gone.txt": "soon gone",
+            "pkg/util.py": "X = 1\n",
+        },
+    )
+    (src / "model.bin").write_bytes(os.urandom(1 << 20))
+    (src / "pkg/data.bin").write_bytes(os.urandom(300_000))
+    (src / "frozen.txt").chmod(0o444)
+    return src
+
+
+def _check_a_script_cannot_reach_beyond_its_snapshot(src: Path) -> None:
+    source = _state(src)
+    first = Estimator(src, entry_script="train.py", user_managed=True).fit()
+    assert first.status is RunStatus.COMPLETED, first.error
+    kept = _state(first.run_dir / "snapshot")
+    vandal = Estimator(src, entry_script="x.py", user_managed=True).fit()
+    assert vandal.status is RunStatus.COMPLETED, vandal.error
+    changed = _state(vandal.run_dir / "snapshot")
+    assert changed["model.bin"][0].startswith(b"overwritten")
+    assert changed["pkg/data.bin"][0] == b"" and "gone.txt" not in changed
+    assert changed["frozen.txt"][0] == b"thawed"
+    assert _state(src) == source
+    assert _state(first.run_dir / "snapshot") == kept
+    assert {rel: data for rel, (data, _, _) in kept.items()} == {
+        rel: data for rel, (data, _, _) in source.items()
+    }
+
+
+def test_a_script_cannot_change_the_source_or_another_runs_snapshot(tmp_path: Path) -> None:
+    """Tests run as root here: permissions stop nothing, only separate bytes do."""
+    _check_a_script_cannot_reach_beyond_its_snapshot(_safety_source(tmp_path / "src"))
+
+
+def test_clones_where_the_filesystem_makes_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a reflink filesystem (btrfs, XFS): every file is cloned, and a script that writes
+    into its clones changes nothing else. ``TEST_REFLINK_DIR`` names a folder on
+    one (e.g. a loop-mounted ``mkfs.xfs -m reflink=1`` image); without it, skipped."""
+    where = os.environ.get("TEST_REFLINK_DIR")
+    if not where:
+        pytest.skip("TEST_REFLINK_DIR is not set (a folder on btrfs or XFS)")
+    root = Path(where) / tmp_path.name
+    root.mkdir()
+    try:
+        monkeypatch.setenv("FITDOCK_HOME", str(root / "home"))
+        src = _safety_source(root / "src")
+        summary = snapshot(src, root / "out", max_size_mb=10, max_files=20)
+        assert summary.cloned == summary.files  # every file has bytes
+        _check_a_script_cannot_reach_beyond_its_snapshot(src)
+    finally:
+        shutil.rmtree(root)

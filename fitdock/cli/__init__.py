@@ -1,9 +1,10 @@
 """The ``fitdock`` command: run jobs, look at runs, list curated environments.
 
 One module per command group, each with ``add(subparsers)`` registering its parser
-and handlers: :mod:`~fitdock.cli.run`, :mod:`~fitdock.cli.runs`, :mod:`~fitdock.cli.env`
-and :mod:`~fitdock.cli.images`; :mod:`~fitdock.cli.table` prints their tables. Handlers
-import what they use when they run, so ``fitdock --help`` stays fast.
+and handlers: :mod:`~fitdock.cli.run`, :mod:`~fitdock.cli.runs`, :mod:`~fitdock.cli.env`,
+:mod:`~fitdock.cli.images` and :mod:`~fitdock.cli.pipeline`; :mod:`~fitdock.cli.table`
+prints their tables. Handlers import what they use when they run, so ``fitdock --help``
+stays fast.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fitdock.cli import env, images, run, runs
+from fitdock.cli import env, images, pipeline, run, runs
 from fitdock.errors import FitdockError
 
 __all__ = ["main"]
@@ -25,6 +26,7 @@ EPILOG = """examples:
   fitdock env show chainer-7.8.1-cpu
   fitdock env build chainer-7.8.1-cpu && fitdock env list --cached
   fitdock images build chainer-7.8.1-cpu --base local/debian:bookworm
+  fitdock pipeline run examples/pipeline_azure/pipeline.py && fitdock pipeline list
 """
 
 
@@ -36,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (run, runs, env, images):
+    for group in (run, runs, env, images, pipeline):
         group.add(subparsers)
     return parser
 

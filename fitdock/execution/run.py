@@ -62,6 +62,10 @@ class Run:
 
         return checked_record(self._dir).as_json()
 
+    def get_status(self) -> str:
+        """Azure's status string (``"Completed"``, ``"Failed"``, ``"Running"``, ...)."""
+        return self.status.value
+
     @property
     def status(self) -> RunStatus:
         return RunStatus(self.record["status"])

@@ -51,11 +51,22 @@ def dry_run(spec: JobSpec) -> LaunchPlan:
     return target.plan(spec, run, run.resume if source else None)
 
 
-def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
+def submit(
+    spec: JobSpec,
+    wait: bool = True,
+    show_output: bool = False,
+    *,
+    run_id: str | None = None,
+    parent_id: str | None = None,
+    output_folders: tuple[str, ...] = (),
+) -> Run:
+    """Check, create the run, plan, and start its supervisor. A pipeline gives the run's
+    id (chosen before, so that later steps know where its outputs will be), its own id
+    as ``parent_id``, and the folders under ``outputs/`` that its data lands in."""
     target = target_for(spec)
     target.check(spec)
     source = resolve_resume(spec.resume_from)
-    run = RunDir(runs_root() / new_run_id(spec.name))
+    run = RunDir(runs_root() / (run_id or new_run_id(spec.name)))
     run.path.mkdir(parents=True)
     lock = SupervisorLock(run.lock_path)
     lock.acquire()
@@ -69,6 +80,7 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
             run.outputs / DATA,
             run.checkpoints,
             run.inputs,
+            *(run.outputs / name for name in output_folders),
         ):
             folder.mkdir(parents=True, exist_ok=True)
         shipped = link_run_folders(run)
@@ -81,7 +93,9 @@ def submit(spec: JobSpec, wait: bool = True, show_output: bool = False) -> Run:
             copy_read_only(source, run.resume)
             resume_dir = run.resume
         plan = target.plan(spec, run, resume_dir)
-        run.write(_initial_record(spec, run, plan, summary, source, resume_dir, shipped))
+        record = _initial_record(spec, run, plan, summary, source, resume_dir, shipped)
+        record.parent_id = parent_id
+        run.write(record)
     except BaseException:
         lock.release()
         remove_tree(run.path)

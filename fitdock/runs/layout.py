@@ -19,6 +19,9 @@
                       attempt-<n>.json / attempt-<n>.exit.json written by each attempt
 
 The names the job side writes too come from ``jobside.common`` (which cannot import this).
+
+Beside the runs, ``$FITDOCK_HOME/cache/hashes.sqlite`` is the stat cache of content hashes
+(``runs/contenthash.py``).
 """
 
 from __future__ import annotations
@@ -51,14 +54,18 @@ IMAGE_BUILD_LOG = "image-build.log"
 RANK_STDOUT = "rank_{rank}.stdout.log"
 RANK_STDERR = "rank_{rank}.stderr.log"
 WORKDIR_LINKS = (OUTPUTS, LOGS)  # snapshot/<name> -> ../<name>
+CACHE = "cache"  # $FITDOCK_HOME/cache/
+HASHES = "hashes.sqlite"  # $FITDOCK_HOME/cache/hashes.sqlite: content hashes by stat
 
 __all__ = [
     "ATTEMPT_LOGS",
+    "CACHE",
     "CANCEL",
     "CHECKPOINTS",
     "DATA",
     "ENV_BUILD_LOG",
     "GUARD",
+    "HASHES",
     "HEARTBEAT",
     "IMAGE_BUILD_LOG",
     "INPUTS",

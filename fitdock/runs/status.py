@@ -15,6 +15,9 @@ class RunStatus(str, enum.Enum):
     FAILED = "Failed"
     CANCELED = "Canceled"
     TIMED_OUT = "TimedOut"
+    # Pipeline steps only: not started yet; never run because a step it needs failed
+    NOT_STARTED = "NotStarted"
+    SKIPPED = "Skipped"
 
     @property
     def is_terminal(self) -> bool:
@@ -25,5 +28,11 @@ class RunStatus(str, enum.Enum):
 
 
 _TERMINAL = frozenset(
-    {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELED, RunStatus.TIMED_OUT}
+    {
+        RunStatus.COMPLETED,
+        RunStatus.FAILED,
+        RunStatus.CANCELED,
+        RunStatus.TIMED_OUT,
+        RunStatus.SKIPPED,
+    }
 )

@@ -75,6 +75,9 @@ class JobSpec(BaseModel):
     use_docker: bool | None = None
     use_gpu: bool = False
     environment: Environment
+    # Variables of this job alone, not of its environment (no rebuild when they change):
+    # a pipeline step's AML_PARAMETER_* values
+    variables: dict[str, str] = Field(default_factory=dict)
     inputs: dict[str, Path] = Field(default_factory=dict)
     resume_from: str | None = None
     max_run_duration_seconds: float | None = Field(default=None, gt=0)

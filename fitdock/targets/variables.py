@@ -64,7 +64,7 @@ def base_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
 def job_variables(
     spec: JobSpec, run: RunDir, resume_dir: Path | None, hosts: list[str]
 ) -> dict[str, str]:
-    env = dict(spec.environment.environment_variables)
+    env = {**spec.environment.environment_variables, **spec.variables}
     env.update(
         FITDOCK_RUN_ID=run.id,
         FITDOCK_RUN_DIR=str(run.path),

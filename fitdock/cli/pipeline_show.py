@@ -1,0 +1,141 @@
+"""How ``fitdock pipeline show`` draws a pipeline run: the DAG as text (each step under
+the step it depends on, with its state, duration and reuse) or as Graphviz DOT."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from fitdock.pipelines.record import PipelineRecord, StepState
+from fitdock.runs.status import RunStatus
+
+WIDTH = 100  # lines stay within this many columns
+
+
+def ordered(record: PipelineRecord) -> list[StepState]:
+    """The steps, each after every step it depends on, and as soon after its last
+    dependency as that allows (depth first, record order among siblings)."""
+    states = record.steps
+    children: dict[str, list[str]] = {name: [] for name in states}
+    for state in states.values():
+        for dep in state.depends_on:
+            children.setdefault(dep, []).append(state.name)
+    placed: dict[str, StepState] = {}
+
+    def place(name: str) -> None:
+        placed[name] = states[name]
+        for child in children[name]:
+            deps = states[child].depends_on
+            if child not in placed and all(d in placed or d not in states for d in deps):
+                place(child)
+
+    for name, state in states.items():
+        if name not in placed and not any(d in states for d in state.depends_on):
+            place(name)
+    for name in states:  # only a cycle, which validation refuses, leaves steps out
+        if name not in placed:
+            placed[name] = states[name]
+    return list(placed.values())
+
+
+def draw(record: PipelineRecord) -> str:
+    """The DAG as text, one line per step: under the step it depends on (``└─>``), then
+    its state, duration, and its run or the run it reused; other steps it depends on are
+    named on a line below it (``(also after a)``). Lines stay within WIDTH columns."""
+    steps = ordered(record)
+    level: dict[str, int] = {}
+    rows: list[tuple[str, str, StepState]] = []  # (tree, also after, state)
+    for index, state in enumerate(steps):
+        deps = [d for d in state.depends_on if d in level]
+        depth = level[state.name] = 1 + max((level[d] for d in deps), default=-1)
+        prefix = "" if depth == 0 else "    " * (depth - 1) + "└─> "
+        above = next((s.name for s in reversed(steps[:index]) if level[s.name] == depth - 1), None)
+        others = [d for d in deps if d != above]
+        also = ""
+        if others:
+            also = " " * len(prefix) + f"({'also ' if above in deps else ''}after "
+            also += ", ".join(others) + ")"
+        rows.append((prefix + state.name, also, state))
+    width = min(max((len(tree) for tree, _, _ in rows), default=0), 40)
+    status = max((len(state.status.value) for state in steps), default=0)
+    lines = [_headline(record)]
+    for tree, also, state in rows:
+        head = f"  {tree.ljust(width)}  {state.status.value.ljust(status)}  {_duration(state):>6}"
+        note = _note(state)
+        if not note or len(head) + 2 + len(note) <= WIDTH:
+            lines.append(f"{head}  {note}".rstrip())
+        else:  # the note on a line of its own, as far left as the notes column allows
+            lines += [head, _fit(" " * max(6, min(len(head) + 2, WIDTH - len(note))) + note)]
+        if also:
+            lines.append(_fit(f"  {also}"))
+    return "\n".join(lines)
+
+
+def _headline(record: PipelineRecord) -> str:
+    head = f"pipeline {record.id} ({record.name}): {record.status.value}"
+    head += f", created {when(record.created_at)}"
+    if record.error:
+        head += f"\n  error: {record.error.get('message', record.error)}"
+    return _fit(head)
+
+
+def _note(state: StepState) -> str:
+    if state.reused:
+        return f"reused from {state.run_id}"
+    note = f"run {state.run_id}" if state.run_id else ""
+    if state.error:
+        message = str(state.error.get("message", state.error)).strip().splitlines()
+        note += f": {message[0] if message else state.error}"
+    return note
+
+
+def when(iso: str) -> str:
+    """A record's UTC timestamp to the second: ``2026-01-31 12:00:00 UTC``."""
+    return iso[:19].replace("T", " ") + " UTC"
+
+
+def _fit(line: str) -> str:
+    line = line.rstrip()
+    return line if len(line) <= WIDTH else line[: WIDTH - 3] + "..."
+
+
+def _duration(state: StepState) -> str:
+    if state.started_at is None:
+        return "-"
+    start = datetime.fromisoformat(state.started_at)
+    end = datetime.fromisoformat(state.ended_at) if state.ended_at else datetime.now(timezone.utc)
+    seconds = max(0.0, (end - start).total_seconds())
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def dot(record: PipelineRecord) -> str:
+    """Graphviz DOT: one node per step (name, state, "reused" when reused; dashed when
+    reused), one edge per dependency."""
+
+    fills = {RunStatus.COMPLETED: "#d9ead3", RunStatus.FAILED: "#f4cccc"}
+    fills |= {RunStatus.TIMED_OUT: "#f4cccc", RunStatus.RUNNING: "#fff2cc"}
+    lines = [
+        f"digraph {_quote(record.id)} {{",
+        f"  graph [label={_quote(f'{record.name}: {record.status.value}')}, labelloc=t];",
+        '  node [shape=box, style="rounded,filled", fillcolor="#ffffff"];',
+    ]
+    for state in ordered(record):
+        label = f"{state.name}\n{state.status.value}" + (", reused" if state.reused else "")
+        style = ', style="rounded,filled,dashed"' if state.reused else ""
+        fill = fills.get(state.status, "#ffffff")
+        lines.append(
+            f"  {_quote(state.name)} [label={_quote(label)}, fillcolor={_quote(fill)}{style}];"
+        )
+    for state in ordered(record):
+        lines += [f"  {_quote(dep)} -> {_quote(state.name)};" for dep in state.depends_on]
+    return "\n".join([*lines, "}"])
+
+
+def _quote(text: str) -> str:
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+# ------------------------------------------------------------------ explain, cancel, logs

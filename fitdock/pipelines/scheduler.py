@@ -1,0 +1,404 @@
+"""The pipeline scheduler: an event loop over ready steps, in a thread of the process that
+submitted the pipeline.
+
+It only decides what to submit when: each step that is not reused becomes one ordinary
+fitdock run through ``execution.submit`` (so every target works, with all of its
+supervision), and a step starts the moment the last step it depends on has completed,
+up to ``max_concurrency`` steps at once (steps on Slurm do not count: Slurm queues them).
+A failed step skips what depends on it; without ``continue_on_step_failure`` nothing new
+starts and the running steps are canceled. Every state change is written to
+``pipeline.json`` atomically, so a crash loses at most the steps in flight, and
+submitting the same pipeline again reuses every step that completed.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fitdock.errors import FitdockError
+from fitdock.execution.run import Run
+from fitdock.execution.submit import submit
+from fitdock.pipelines import record as records
+from fitdock.pipelines import reuse
+from fitdock.pipelines.data import InputData, PipelineData, PipelineParameter
+from fitdock.pipelines.graph import dependencies
+from fitdock.pipelines.record import PipelineRecord, StepState
+from fitdock.pipelines.run import PipelineRun
+from fitdock.pipelines.steps import PythonScriptStep, Step
+from fitdock.runs.contenthash import TreeHash, hash_path, hash_tree
+from fitdock.runs.status import RunStatus
+from fitdock.runs.store import SupervisorLock, new_run_id, runs_root
+from fitdock.shared import now_iso
+from fitdock.specs.compute import Slurm
+from fitdock.specs.job import JobSpec
+
+if TYPE_CHECKING:
+    from fitdock.pipelines.pipeline import Pipeline
+
+IDLE_SECONDS = 0.5  # the longest the loop sleeps without news (a step's end wakes it)
+
+
+def preview(
+    pipeline: Pipeline,
+    parameters: dict[str, Any] | None = None,
+    *,
+    regenerate_outputs: bool = False,
+    force: tuple[str, ...] = (),
+) -> dict[str, str]:
+    """What a submission would do now, step by step, running and writing nothing:
+    "reused from <run> (key k)", "ran: <what changed>" (as ``explain`` says it), or that
+    it waits for a step that would run first (its inputs are not known before)."""
+    pipeline.validate(parameters)
+    values = dict(parameters or {})
+    options = {
+        "continue_on_step_failure": False,
+        "regenerate_outputs": regenerate_outputs,
+        "max_concurrency": None,
+        "force": list(force),
+    }
+    record = PipelineRecord(
+        id="preview", name=pipeline.name, created_at=now_iso(), options=options,
+        parameters={p.name: values.get(p.name, p.default_value) for p in pipeline.all_parameters()},
+        steps={s.name: StepState(name=s.name, kind=s.kind) for s in pipeline.steps},
+        order=[s.name for s in pipeline.steps],
+    )  # fmt: skip
+    scheduler = Scheduler(pipeline, record, SupervisorLock(Path("/dev/null")))
+    said: dict[str, str] = {}
+    for step in pipeline.steps:
+        waits = [d.name for d in dependencies(step) if not record.steps[d.name].reused]
+        if waits:
+            said[step.name] = f"runs: after {', '.join(waits)} (its inputs are not known before)"
+            continue
+        said[step.name] = scheduler.decide(step)
+    return said
+
+
+def start(
+    pipeline: Pipeline,
+    *,
+    experiment_name: str | None,
+    parameters: dict[str, Any],
+    continue_on_step_failure: bool,
+    regenerate_outputs: bool,
+    max_concurrency: int | None,
+    force: list[str],
+) -> PipelineRun:
+    """Record the pipeline run, start its scheduler thread, return its handle."""
+    run_id = new_run_id(_safe(pipeline.name))
+    steps = {
+        step.name: StepState(
+            name=step.name, kind=step.kind, depends_on=[d.name for d in dependencies(step)]
+        )
+        for step in pipeline.steps
+    }
+    options = {
+        "continue_on_step_failure": continue_on_step_failure,
+        "regenerate_outputs": regenerate_outputs,
+        "max_concurrency": max_concurrency,
+        "force": force,
+    }
+    values = {p.name: parameters.get(p.name, p.default_value) for p in pipeline.all_parameters()}
+    record = PipelineRecord(
+        id=run_id, name=pipeline.name, experiment_name=experiment_name,
+        description=pipeline.description, created_at=now_iso(), parameters=values,
+        options=options, steps=steps, order=list(steps),
+    )  # fmt: skip
+    records.write(record)
+    lock = SupervisorLock(records.folder(run_id) / records.LOCK)
+    lock.acquire()
+    scheduler = Scheduler(pipeline, record, lock)
+    handle = PipelineRun(run_id, scheduler=scheduler)
+    threading.Thread(target=scheduler.run, name=f"fitdock-pipeline-{run_id}", daemon=False).start()
+    return handle
+
+
+class Scheduler:
+    def __init__(self, pipeline: Pipeline, record: PipelineRecord, lock: SupervisorLock) -> None:
+        self.pipeline = pipeline
+        self.record = record
+        self.lock = lock
+        self.steps = {step.name: step for step in pipeline.steps}
+        self.runs: dict[str, Run] = {}
+        self.parts: dict[str, dict[str, Any]] = {}
+        self.trees: dict[Path, TreeHash] = {}
+        self.cancel_requested = threading.Event()
+        self.done = threading.Event()
+        self.wake = threading.Event()  # set when a step's run ends, or on cancel
+        options = record.options
+        self.limit = options["max_concurrency"] or os.cpu_count() or 1
+        names = set(self.steps) if options["regenerate_outputs"] else set(options["force"])
+        self.forced = self._with_dependants(names)
+        self.stopping = False
+
+    def cancel(self) -> None:
+        self.cancel_requested.set()
+        self.wake.set()
+
+    def _canceled(self) -> bool:
+        """Asked here, or from another process (the cancel file, seen within a second)."""
+        marker = records.folder(self.record.id) / records.CANCEL
+        if not self.cancel_requested.is_set() and marker.exists():
+            self.cancel_requested.set()
+        return self.cancel_requested.is_set()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> None:
+        try:
+            while True:
+                self.wake.clear()  # before looking: an end seen later wakes the wait below
+                if self._canceled() and not self.stopping:
+                    self._stop(RunStatus.CANCELED)
+                while self._collect() | self._start_ready():
+                    pass  # a step that ended or was reused may let others start at once
+                if not self.runs and not self._startable():
+                    break
+                self.wake.wait(IDLE_SECONDS)
+            self._finish()
+        except BaseException as exc:
+            self.record.status = RunStatus.FAILED
+            self.record.error = {"reason": "scheduler_error", "message": repr(exc)}
+            self.record.ended_at = now_iso()
+            self._save()
+            raise
+        finally:
+            self.lock.release()
+            self.done.set()
+
+    def _startable(self) -> list[str]:
+        if self.stopping:
+            return []
+        states = self.record.steps
+        return [
+            state.name
+            for state in self.record.ordered()
+            if state.status is RunStatus.NOT_STARTED
+            and all(states[d].status is RunStatus.COMPLETED for d in state.depends_on)
+        ]
+
+    def _start_ready(self) -> bool:
+        """Start (or reuse) what can start now; True when something did."""
+        started = False
+        for name in self._startable():
+            if self._busy() >= self.limit and not self._on_slurm(name):
+                break
+            self._start(name)
+            started = True
+        return started
+
+    def _busy(self) -> int:
+        return sum(1 for name in self.runs if not self._on_slurm(name))
+
+    def _on_slurm(self, name: str) -> bool:
+        step = self.steps[name]
+        target = step.compute_target
+        if isinstance(step, PythonScriptStep):
+            target = target or step.runconfig.target
+        return isinstance(target, Slurm) or target == "slurm"
+
+    # ------------------------------------------------------------------ one step
+    def decide(self, step: Step) -> str:
+        """Whether ``step`` would be reused now, and why (for ``preview``): its key and
+        cache lookup as ``_start`` makes them, with nothing submitted."""
+        state = self.record.steps[step.name]
+        own = {data.name: f"<{data.name} of the new run>" for data in step.outputs}
+        try:
+            spec = step.job_spec(lambda value: self._resolve(value, own))
+            parts = self._key_parts(step, spec)
+        except (FitdockError, OSError) as exc:
+            return f"fails: {exc}"
+        key = reuse.key_of(parts)
+        hit = reuse.lookup(key) if step.allow_reuse and step.name not in self.forced else None
+        if hit is None:
+            return (
+                "runs: forced"
+                if step.name in self.forced
+                else reuse.explain(step.name, key, parts).replace("ran:", "runs:", 1)
+            )
+        state.reused, state.run_id, state.outputs = True, hit.run_id, hit.outputs
+        state.output_hashes, state.status = hit.output_hashes, RunStatus.COMPLETED
+        return f"reused from {hit.run_id} (key {key[:12]})"
+
+    def _start(self, name: str) -> None:
+        step, state = self.steps[name], self.record.steps[name]
+        run_id = new_run_id(_safe(name))
+        own = {
+            data.name: str(runs_root() / run_id / "outputs" / data.name) for data in step.outputs
+        }
+        try:
+            spec = step.job_spec(lambda value: self._resolve(value, own))
+            parts = self._key_parts(step, spec)
+        except (FitdockError, OSError) as exc:
+            self._ended(name, RunStatus.FAILED, {"reason": "step_spec", "message": str(exc)})
+            return
+        key = reuse.key_of(parts)
+        state.key, state.started_at = key, now_iso()
+        hit = reuse.lookup(key) if step.allow_reuse and name not in self.forced else None
+        if hit is not None:
+            state.run_id, state.reused, state.outputs = hit.run_id, True, hit.outputs
+            state.output_hashes = hit.output_hashes
+            state.explain = f"reused from {hit.run_id} (key {key[:12]})"
+            reuse.remember(name, key, parts)
+            self._ended(name, RunStatus.COMPLETED, None)
+            return
+        state.explain = "ran: forced" if name in self.forced else reuse.explain(name, key, parts)
+        folders = tuple(data.name for data in step.outputs if data.is_directory)
+        try:
+            self.runs[name] = submit(
+                spec, wait=False, run_id=run_id, parent_id=self.record.id, output_folders=folders
+            )
+        except FitdockError as exc:
+            self._ended(name, RunStatus.FAILED, {"reason": "submit", "message": str(exc)})
+            return
+        self.parts[name] = parts
+        state.run_id, state.outputs, state.status = run_id, own, RunStatus.RUNNING
+        self._notify_on_end(self.runs[name])
+        self._save()
+
+    def _notify_on_end(self, run: Run) -> None:
+        """Wake the loop the moment this step's run ends (no polling delay between steps)."""
+        supervisor = run._supervisor
+        if supervisor is None:  # not supervised here: the loop's idle wake-ups see its end
+            return
+
+        def watch() -> None:
+            supervisor.done.wait()
+            self.wake.set()
+
+        threading.Thread(target=watch, name=f"fitdock-step-{run.id}", daemon=True).start()
+
+    def _resolve(self, value: Any, own: dict[str, str]) -> Any:
+        """A parameter's value, a piece of data's path, anything else as it is."""
+        if isinstance(value, PipelineParameter):
+            return self.record.parameters[value.name]
+        if isinstance(value, PipelineData):
+            if value.name in own:
+                return own[value.name]
+            producer = value.producers[0]
+            return self.record.steps[producer.name].outputs[value.name]
+        if isinstance(value, InputData):
+            return str(value.path)
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    def _content(self, data: PipelineData | InputData) -> str:
+        if isinstance(data, InputData):
+            return hash_path(data.path)
+        producer = self.record.steps[data.producers[0].name]
+        return producer.output_hashes[data.name]
+
+    def _key_parts(self, step: Step, spec: JobSpec) -> dict[str, Any]:
+        def keyed(value: Any) -> Any:
+            if isinstance(value, PipelineData) and any(value is o for o in step.outputs):
+                return f"output:{value.name}"
+            if isinstance(value, (PipelineData, InputData)):
+                return f"data:{self._content(value)}"
+            return self._resolve(value, {})
+
+        params = getattr(step, "params", {})
+        source = spec.source_directory
+        if source not in self.trees:  # one hash of a folder that several steps share
+            self.trees[source] = hash_tree(source)
+        return reuse.key_parts(
+            step.kind,
+            getattr(step, "script_name", spec.entry_script),
+            spec,
+            self.trees[source],
+            [keyed(value) for value in step.arguments],
+            {key: str(self._resolve(value, {})) for key, value in params.items()},
+            {data.name: self._content(data) for data in step.reads()},
+            step.version,
+        )
+
+    def _collect(self) -> bool:
+        """Take in the steps whose runs have ended; True when one had."""
+        ended = False
+        for name, run in list(self.runs.items()):
+            supervisor = run._supervisor
+            if supervisor is not None and not supervisor.done.is_set():
+                continue
+            del self.runs[name]
+            ended = True
+            status = run.status
+            if status is RunStatus.COMPLETED:
+                self._completed(name, run)
+            else:
+                self._ended(name, status, run.error)
+        return ended
+
+    def _completed(self, name: str, run: Run) -> None:
+        state = self.record.steps[name]
+        hashes = {}
+        for data_name, path in state.outputs.items():
+            if not Path(path).exists():
+                message = f"the step completed but did not write its output {data_name!r} ({path})"
+                self._ended(
+                    name, RunStatus.FAILED, {"reason": "missing_output", "message": message}
+                )
+                return
+            hashes[data_name] = hash_path(Path(path))
+        state.output_hashes = hashes
+        if state.key is not None:
+            reuse.store(name, state.key, self.parts.pop(name), run.id, state.outputs, hashes)
+        self._ended(name, RunStatus.COMPLETED, None)
+
+    def _ended(self, name: str, status: RunStatus, error: dict[str, Any] | None) -> None:
+        state = self.record.steps[name]
+        state.status, state.ended_at, state.error = status, now_iso(), error
+        if status is not RunStatus.COMPLETED:
+            for dependant in self._with_dependants({name}) - {name}:
+                if self.record.steps[dependant].status is RunStatus.NOT_STARTED:
+                    self.record.steps[dependant].status = RunStatus.SKIPPED
+            if not self.record.options["continue_on_step_failure"] and not self.stopping:
+                self._stop(RunStatus.SKIPPED)
+        self._save()
+
+    def _stop(self, unstarted: RunStatus) -> None:
+        """Start nothing more; cancel what runs (SIGTERM, grace, SIGKILL)."""
+        self.stopping = True
+        for state in self.record.steps.values():
+            if state.status is RunStatus.NOT_STARTED:
+                state.status = unstarted
+        for run in self.runs.values():
+            run.cancel()
+        self._save()
+
+    def _finish(self) -> None:
+        states = self.record.steps.values()
+        failed = [s for s in states if s.status in (RunStatus.FAILED, RunStatus.TIMED_OUT)]
+        if failed:
+            self.record.status = RunStatus.FAILED
+            first = min(failed, key=lambda s: s.ended_at or "")
+            message = (first.error or {}).get("message", "")
+            self.record.error = {
+                "step": first.name,
+                "message": f"step {first.name!r} failed: {message}",
+            }
+        elif self._canceled() or any(s.status is RunStatus.CANCELED for s in states):
+            self.record.status = RunStatus.CANCELED
+        else:
+            self.record.status = RunStatus.COMPLETED
+        self.record.ended_at = now_iso()
+        self._save()
+
+    def _with_dependants(self, names: set[str]) -> set[str]:
+        found = set(names)
+        changed = True
+        while changed:
+            changed = False
+            for step in self.pipeline.steps:
+                if step.name not in found and any(d.name in found for d in dependencies(step)):
+                    found.add(step.name)
+                    changed = True
+        return found
+
+    def _save(self) -> None:
+        records.write(self.record, fsync=self.record.status.is_terminal)
+
+
+def _safe(name: str) -> str:
+    cleaned = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+    return cleaned.strip("._") or "pipeline"
