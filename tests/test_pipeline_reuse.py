@@ -213,7 +213,7 @@ def test_a_killed_submitter_then_a_resubmission_reuses_what_completed(work: Path
 
 
 def test_a_preview_says_what_would_run_and_submits_nothing(work: Path, fitdock_home: Path) -> None:
-    from fitdock.pipelines.scheduler import preview
+    from fitdock.pipelines.preview import preview
 
     never = preview(pipeline(work))
     assert never["prepare.py"] == "runs: never run before"

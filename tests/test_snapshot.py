@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -315,16 +317,42 @@ def test_a_script_cannot_change_the_source_or_another_runs_snapshot(tmp_path: Pa
     _check_a_script_cannot_reach_beyond_its_snapshot(_safety_source(tmp_path / "src"))
 
 
+@pytest.fixture
+def reflink_dir(tmp_path: Path) -> Iterator[Path]:
+    """A folder on a reflink filesystem: ``TEST_REFLINK_DIR`` when set, else (as root, with
+    xfsprogs: scripts/install-system.sh installs it) a private XFS image mounted through a
+    loop device for this test and removed after it."""
+    where = os.environ.get("TEST_REFLINK_DIR")
+    if where:
+        yield Path(where)
+        return
+    mkfs = shutil.which("mkfs.xfs")
+    if os.geteuid() != 0 or mkfs is None:
+        pytest.skip("no reflink filesystem: set TEST_REFLINK_DIR, or run as root with xfsprogs")
+    image, mount = tmp_path / "xfs.img", tmp_path / "xfs"
+    mount.mkdir()
+    with open(image, "wb") as handle:
+        handle.truncate(320 * 1024 * 1024)  # XFS's smallest comfortable size; sparse
+    subprocess.run([mkfs, "-q", "-m", "reflink=1", str(image)], check=True)
+    done = subprocess.run(["mount", "-o", "loop", str(image), str(mount)], capture_output=True)
+    if done.returncode != 0:
+        message = f"cannot loop-mount an XFS image: {done.stderr.decode().strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+        image.unlink()
+
+
 def test_clones_where_the_filesystem_makes_them(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reflink_dir: Path
 ) -> None:
     """On a reflink filesystem (btrfs, XFS): every file is cloned, and a script that writes
-    into its clones changes nothing else. ``TEST_REFLINK_DIR`` names a folder on
-    one (e.g. a loop-mounted ``mkfs.xfs -m reflink=1`` image); without it, skipped."""
-    where = os.environ.get("TEST_REFLINK_DIR")
-    if not where:
-        pytest.skip("TEST_REFLINK_DIR is not set (a folder on btrfs or XFS)")
-    root = Path(where) / tmp_path.name
+    into its clones changes nothing else."""
+    root = reflink_dir / tmp_path.name
     root.mkdir()
     try:
         monkeypatch.setenv("FITDOCK_HOME", str(root / "home"))

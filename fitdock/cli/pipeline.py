@@ -265,7 +265,7 @@ def dry_run_text(
     """The DAG (each step, its kind and script, what it depends on) and what a submission
     would do now, from the engine's ``preview``: validated, keyed, nothing run or written."""
     from fitdock.pipelines.graph import dependencies
-    from fitdock.pipelines.scheduler import preview
+    from fitdock.pipelines.preview import preview
 
     pipeline.validate(parameters)
     unknown = sorted(set(force) - {step.name for step in pipeline.steps})

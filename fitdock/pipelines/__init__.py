@@ -9,6 +9,7 @@ from __future__ import annotations
 from fitdock.pipelines.data import InputData, PipelineData, PipelineParameter
 from fitdock.pipelines.experiment import Experiment
 from fitdock.pipelines.pipeline import Pipeline
+from fitdock.pipelines.preview import preview
 from fitdock.pipelines.run import PipelineRun, StepRun
 from fitdock.pipelines.steps import EstimatorStep, PythonScriptStep, RunConfiguration, StepSequence
 
@@ -24,4 +25,5 @@ __all__ = [
     "RunConfiguration",
     "StepRun",
     "StepSequence",
+    "preview",
 ]

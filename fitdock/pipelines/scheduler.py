@@ -41,41 +41,6 @@ if TYPE_CHECKING:
 IDLE_SECONDS = 0.5  # the longest the loop sleeps without news (a step's end wakes it)
 
 
-def preview(
-    pipeline: Pipeline,
-    parameters: dict[str, Any] | None = None,
-    *,
-    regenerate_outputs: bool = False,
-    force: tuple[str, ...] = (),
-) -> dict[str, str]:
-    """What a submission would do now, step by step, running and writing nothing:
-    "reused from <run> (key k)", "ran: <what changed>" (as ``explain`` says it), or that
-    it waits for a step that would run first (its inputs are not known before)."""
-    pipeline.validate(parameters)
-    values = dict(parameters or {})
-    options = {
-        "continue_on_step_failure": False,
-        "regenerate_outputs": regenerate_outputs,
-        "max_concurrency": None,
-        "force": list(force),
-    }
-    record = PipelineRecord(
-        id="preview", name=pipeline.name, created_at=now_iso(), options=options,
-        parameters={p.name: values.get(p.name, p.default_value) for p in pipeline.all_parameters()},
-        steps={s.name: StepState(name=s.name, kind=s.kind) for s in pipeline.steps},
-        order=[s.name for s in pipeline.steps],
-    )  # fmt: skip
-    scheduler = Scheduler(pipeline, record, SupervisorLock(Path("/dev/null")))
-    said: dict[str, str] = {}
-    for step in pipeline.steps:
-        waits = [d.name for d in dependencies(step) if not record.steps[d.name].reused]
-        if waits:
-            said[step.name] = f"runs: after {', '.join(waits)} (its inputs are not known before)"
-            continue
-        said[step.name] = scheduler.decide(step)
-    return said
-
-
 def start(
     pipeline: Pipeline,
     *,
@@ -199,28 +164,6 @@ class Scheduler:
         return isinstance(target, Slurm) or target == "slurm"
 
     # ------------------------------------------------------------------ one step
-    def decide(self, step: Step) -> str:
-        """Whether ``step`` would be reused now, and why (for ``preview``): its key and
-        cache lookup as ``_start`` makes them, with nothing submitted."""
-        state = self.record.steps[step.name]
-        own = {data.name: f"<{data.name} of the new run>" for data in step.outputs}
-        try:
-            spec = step.job_spec(lambda value: self._resolve(value, own))
-            parts = self._key_parts(step, spec)
-        except (FitdockError, OSError) as exc:
-            return f"fails: {exc}"
-        key = reuse.key_of(parts)
-        hit = reuse.lookup(key) if step.allow_reuse and step.name not in self.forced else None
-        if hit is None:
-            return (
-                "runs: forced"
-                if step.name in self.forced
-                else reuse.explain(step.name, key, parts).replace("ran:", "runs:", 1)
-            )
-        state.reused, state.run_id, state.outputs = True, hit.run_id, hit.outputs
-        state.output_hashes, state.status = hit.output_hashes, RunStatus.COMPLETED
-        return f"reused from {hit.run_id} (key {key[:12]})"
-
     def _start(self, name: str) -> None:
         step, state = self.steps[name], self.record.steps[name]
         run_id = new_run_id(_safe(name))
@@ -228,8 +171,8 @@ class Scheduler:
             data.name: str(runs_root() / run_id / "outputs" / data.name) for data in step.outputs
         }
         try:
-            spec = step.job_spec(lambda value: self._resolve(value, own))
-            parts = self._key_parts(step, spec)
+            spec = step.job_spec(lambda value: self.resolve(value, own))
+            parts = self.key_parts(step, spec)
         except (FitdockError, OSError) as exc:
             self._ended(name, RunStatus.FAILED, {"reason": "step_spec", "message": str(exc)})
             return
@@ -269,7 +212,7 @@ class Scheduler:
 
         threading.Thread(target=watch, name=f"fitdock-step-{run.id}", daemon=True).start()
 
-    def _resolve(self, value: Any, own: dict[str, str]) -> Any:
+    def resolve(self, value: Any, own: dict[str, str]) -> Any:
         """A parameter's value, a piece of data's path, anything else as it is."""
         if isinstance(value, PipelineParameter):
             return self.record.parameters[value.name]
@@ -290,13 +233,13 @@ class Scheduler:
         producer = self.record.steps[data.producers[0].name]
         return producer.output_hashes[data.name]
 
-    def _key_parts(self, step: Step, spec: JobSpec) -> dict[str, Any]:
+    def key_parts(self, step: Step, spec: JobSpec) -> dict[str, Any]:
         def keyed(value: Any) -> Any:
             if isinstance(value, PipelineData) and any(value is o for o in step.outputs):
                 return f"output:{value.name}"
             if isinstance(value, (PipelineData, InputData)):
                 return f"data:{self._content(value)}"
-            return self._resolve(value, {})
+            return self.resolve(value, {})
 
         params = getattr(step, "params", {})
         source = spec.source_directory
@@ -308,7 +251,7 @@ class Scheduler:
             spec,
             self.trees[source],
             [keyed(value) for value in step.arguments],
-            {key: str(self._resolve(value, {})) for key, value in params.items()},
+            {key: str(self.resolve(value, {})) for key, value in params.items()},
             {data.name: self._content(data) for data in step.reads()},
             step.version,
         )
