@@ -16,6 +16,7 @@ import pytest
 from helpers import wait_until, write_script
 
 from fitdock.cli.pipeline import parse_params
+from fitdock.pipelines import PipelineRun
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -255,3 +256,28 @@ def test_param_values_keep_strings_and_turn_numbers_and_booleans_into_their_type
         "g": "",
         "h": "1=2",
     }
+
+
+SUBMITS_ITSELF = """\
+from fitdock.pipelines import Experiment, Pipeline, PipelineParameter, PythonScriptStep
+ws = None
+value = PipelineParameter(name="value", default_value=1)
+step = PythonScriptStep(script_name="echo.py", arguments=["--value", value], source_directory=".")
+pipeline_run = Experiment(ws, "notebook").submit(Pipeline(workspace=ws, steps=[step]))
+raise SystemExit("the CLI stops a file at its own submit: this line never runs")
+"""
+
+
+def test_a_file_that_submits_its_pipeline_itself_is_run_once_with_the_options(
+    tmp_path: Path,
+) -> None:
+    """Azure's notebooks submit at the top level: the CLI runs that pipeline, once."""
+    (tmp_path / "echo.py").write_text("import sys\nprint('value', sys.argv[-1])\n")
+    (tmp_path / "notebook.py").write_text(SUBMITS_ITSELF)
+    done = fitdock("run", str(tmp_path / "notebook.py"), "--param", "value=7")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("fitdock: step echo.py: Completed") == 1
+    (state,) = PipelineRun.list()[0].record.steps.values()
+    (step_run,) = PipelineRun.list()[0].get_steps()
+    assert (step_run.log_dir / "rank_0.stdout.log").read_text() == "value 7\n"
+    assert state.status.value == "Completed" and len(PipelineRun.list()) == 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 import re
 import runpy
 import sys
@@ -38,9 +39,11 @@ PIPELINE_EPILOG = """examples:
   fitdock pipeline explain RUN_ID train
 """
 
-RUN_HELP = """Load FILE.py (its folder on sys.path while it loads; `if __name__ == "__main__":`
-blocks do not run), take the Pipeline object named NAME, or the only Pipeline the file
-defines, submit it and wait, printing each step's state as it changes. Exit status: 0
+RUN_HELP = """Load FILE.py from its folder (relative paths in it are from there; the folder is
+on sys.path while it loads; `if __name__ == "__main__":` blocks do not run), take the
+Pipeline object named NAME, or the only Pipeline the file defines, or the one it submits
+itself (a ported notebook's `Experiment(ws, name).submit(pipeline)`: the file stops there),
+submit it and wait, printing each step's state as it changes. Exit status: 0
 when the pipeline completed, 1 when it did not, 2 for bad input."""
 
 RUN_EPILOG = """examples:
@@ -175,7 +178,10 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 def load_pipeline(target: str) -> tuple[str, Pipeline]:
     """``FILE.py[:NAME]``: a label and the ``Pipeline`` named NAME, or the only one the file
-    defines. The file runs as a module (not as ``__main__``) with its folder on sys.path."""
+    defines. The file runs as a module (not as ``__main__``) from its folder (relative paths
+    in it are from there), with that folder on sys.path; a
+    file that submits a pipeline itself (``Experiment(ws, name).submit(pipeline)`` at the
+    top level, as Azure's notebooks do) stops there, and that pipeline is the one."""
     from fitdock.pipelines import Pipeline
 
     text, name = _split_target(target)
@@ -214,17 +220,39 @@ def _split_target(target: str) -> tuple[str, str | None]:
     return target, None
 
 
+class _Submitted(Exception):
+    """Stops a file that submits its pipeline itself (Azure's notebooks do, at the top
+    level): the pipeline it submits is the one to run, with the command's options."""
+
+    def __init__(self, pipeline: Any) -> None:
+        super().__init__("submitted")
+        self.pipeline = pipeline
+
+
 def _run_file(path: Path) -> dict[str, Any]:
+    from fitdock.pipelines import Pipeline
+
+    def capture(pipeline: Any, *args: Any, **kwargs: Any) -> Any:
+        raise _Submitted(pipeline)
+
     folder = str(path.resolve().parent)
     sys.path.insert(0, folder)
+    submit = Pipeline.submit
+    Pipeline.submit = capture  # type: ignore[method-assign,assignment]
+    here = os.getcwd()
+    os.chdir(folder)  # relative paths in the file (source_directory=...) are from its folder
     try:
         return runpy.run_path(str(path), run_name="__fitdock_pipeline__")
+    except _Submitted as submitted:
+        return {"submitted_pipeline": submitted.pipeline}
     except FitdockError:
         raise
     except Exception as exc:
         traceback.print_exc()
         raise FitdockError(f"loading {path} failed: {type(exc).__name__}: {exc}") from exc
     finally:
+        os.chdir(here)
+        Pipeline.submit = submit  # type: ignore[method-assign]
         if folder in sys.path:
             sys.path.remove(folder)
 
