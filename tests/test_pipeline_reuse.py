@@ -227,3 +227,10 @@ def test_a_preview_says_what_would_run_and_submits_nothing(work: Path, fitdock_h
     )
     assert said["evaluate.py"] == "runs: source files: evaluate.py (changed)"
     assert sorted((fitdock_home / "runs").iterdir()) == runs_before
+
+
+def test_a_deleted_step_run_is_not_reused(work: Path, fitdock_home: Path) -> None:
+    first = submit(work)
+    shutil.rmtree(fitdock_home / "runs" / first.record.steps["evaluate.py"].run_id)
+    run = submit(work)
+    assert reused(run) == {"prepare.py": True, "train.py": True, "evaluate.py": False}

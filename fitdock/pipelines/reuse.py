@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from fitdock.runs.contenthash import TreeHash, hash_path
+from fitdock.runs.layout import RECORD
+from fitdock.runs.store import runs_root
 from fitdock.shared import now_iso, read_json, write_json_atomic
 from fitdock.specs.job import JobSpec
 
@@ -83,8 +85,8 @@ def key_of(parts: dict[str, Any]) -> str:
 def lookup(key: str) -> Hit | None:
     """The completed step of ``key`` whose outputs are still as they were, or None."""
     entry = read_json(cache_root() / f"{key}.json")
-    if not entry:
-        return None
+    if not entry or not (runs_root() / entry["run_id"] / RECORD).is_file():
+        return None  # never completed, or its run was deleted since
     outputs: dict[str, str] = entry.get("outputs", {})
     hashes: dict[str, str] = entry.get("output_hashes", {})
     for name, path in outputs.items():
