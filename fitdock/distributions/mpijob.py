@@ -21,7 +21,7 @@ from fitdock.process import tool
 from fitdock.runs.store import RunDir
 from fitdock.specs.distribution import Horovod, Mpi
 
-GUARD = "guard"  # <run>/guard/sitecustomize.py: a copy of jobside/worldguard.py
+# <run>/guard/sitecustomize.py (RunPaths.guard) is a copy of this file
 GUARD_SOURCE = Path(__file__).parent.parent / "jobside" / "worldguard.py"
 PROBE_TIMEOUT = 60.0
 
@@ -162,7 +162,7 @@ def variables(
         env.update(chosen.env)
         env["FITDOCK_MPI"] = chosen.describe()
     env["FITDOCK_WORLD_SIZE"] = str(world_size)
-    guard = str(run.path / GUARD)
+    guard = str(run.guard)
     env["PYTHONPATH"] = os.pathsep.join([guard, pythonpath] if pythonpath else [guard])
     return env
 
@@ -170,6 +170,6 @@ def variables(
 def install_guard(run: RunDir) -> None:
     """Copy the guard into the run (``<run>/guard/sitecustomize.py``), where every target's
     ranks can read it."""
-    folder = run.path / GUARD
+    folder = run.guard
     folder.mkdir(exist_ok=True)
     (folder / "sitecustomize.py").write_bytes(GUARD_SOURCE.read_bytes())

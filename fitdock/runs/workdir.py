@@ -21,9 +21,10 @@ from pathlib import Path
 
 from fitdock._units import human_size
 from fitdock.errors import SpecError
+from fitdock.runs.layout import WORKDIR_LINKS
 from fitdock.runs.store import RunDir
 
-LINKED = ("outputs", "logs")
+LINKED = WORKDIR_LINKS  # outputs, logs
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,8 @@ def link_run_folders(run: RunDir) -> list[ShippedFolder]:
     must exist); the files of a shipped folder move into the run's folder first."""
     check_names(run.snapshot)
     shipped = []
-    for name, folder in (("outputs", run.outputs), ("logs", run.logs)):
+    for name in LINKED:
+        folder = run.path / name
         link = run.snapshot / name
         if link.is_dir():
             shipped.append(_move_files(link, folder, name))

@@ -27,8 +27,7 @@ from fitdock.distributions.torchrun import torchrun_argv, torchrun_env
 from fitdock.environments.dockerfile import VENV, BuildTier, tier_of
 from fitdock.environments.spec import refuse_conda
 from fitdock.errors import NotAvailableError, SpecError
-from fitdock.jobside.jobtree import RANK_MODE
-from fitdock.process import reaper_argv, tool
+from fitdock.process import rank_wrapper_argv, reaper_argv, tool
 from fitdock.runs.layout import IMAGE_BUILD_LOG
 from fitdock.runs.store import RunDir
 from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
@@ -77,7 +76,7 @@ def _python(spec: JobSpec) -> str:
 def _inner_command(
     spec: JobSpec, run: RunDir, python: str, env: dict[str, str], chosen: MpiMatch | None
 ) -> list[str]:
-    wrapped = [python, "-I", "-S", JOBTREE, RANK_MODE, str(run.logs), "--"]
+    wrapped = rank_wrapper_argv(python, run.logs, JOBTREE)
     wrapped += [python, spec.entry_script, *spec.arguments]
     config = spec.distribution
     if isinstance(config, (Mpi, Horovod)):

@@ -18,12 +18,23 @@ from pathlib import Path
 
 from fitdock.errors import StagingError
 from fitdock.process import transfer
+from fitdock.runs.layout import (
+    CHECKPOINTS,
+    GUARD,
+    HEARTBEAT,
+    INPUTS,
+    LOGS,
+    METRICS,
+    OUTPUTS,
+    RESUME,
+    SNAPSHOT,
+)
 from fitdock.runs.store import RunDir
 from fitdock.specs.compute import Hosts
 
-OUTBOUND = ("snapshot", "resume", "inputs", "guard")  # guard: the MPI world-size guard
-EMPTY = ("logs", "outputs", "checkpoints")  # sent as folders without their files
-INBOUND = ("logs", "outputs", "checkpoints", "metrics.jsonl", "heartbeat")
+OUTBOUND = (SNAPSHOT, RESUME, INPUTS, GUARD)  # guard: the MPI world-size guard
+EMPTY = (LOGS, OUTPUTS, CHECKPOINTS)  # sent as folders without their files
+INBOUND = (LOGS, OUTPUTS, CHECKPOINTS, METRICS, HEARTBEAT)
 
 
 def stage_in(hosts: Hosts, names: list[str], run: RunDir) -> None:
