@@ -3,7 +3,8 @@
     FitdockError                      base: catch this to catch them all
     ├── SpecError                     bad user input, found before anything is created
     │   │ (also a ValueError)         .field names the offending argument
-    │   └── PipelineValidationError   a pipeline that cannot run; .problems lists them all
+    │   ├── PipelineValidationError   a pipeline that cannot run; .problems lists them all
+    │   └── ConditionError            values a condition cannot compare; .condition, .values
     ├── NotAvailableError             asked for something this installation cannot do yet
     ├── SnapshotError                 source directory missing, or over the size/file limits
     ├── EnvironmentResolutionError    unknown framework version, unknown catalogue entry
@@ -14,6 +15,9 @@
     ├── SlurmError                    Slurm refused a request (its own message)
     ├── MpiMismatchError              no launcher of the MPI that the job's libraries load
     │                                 .launchers, .libraries (found before any rank starts)
+    ├── PayloadError                  a signed step payload was refused (missing, truncated,
+    │                                 changed, foreign key, loose key permissions); .path
+    ├── StepResultError               result() of a step that has none; .step, .status
     ├── RunNotFoundError              no run record with that id
     └── RunFailedError                wait_for_completion(raise_on_error=True) on a failed run
                                       .run_id, .status, .error (which rank, exit code, stderr tail)
@@ -49,6 +53,17 @@ class PipelineValidationError(SpecError):
         self.problems = list(problems)
         listed = "\n".join(f"  - {problem}" for problem in self.problems)
         super().__init__(f"the pipeline cannot run:\n{listed}", field="steps")
+
+
+class ConditionError(SpecError):
+    """A condition was asked to compare values of different types, or to order values
+    that have no order. ``.condition`` is the condition's class name, ``.values`` the
+    resolved values it could not compare."""
+
+    def __init__(self, message: str, *, condition: str, values: Sequence[Any]) -> None:
+        super().__init__(message, field="conditions")
+        self.condition = condition
+        self.values = tuple(values)
 
 
 class NotAvailableError(FitdockError):
@@ -105,6 +120,25 @@ class MpiMismatchError(FitdockError):
         super().__init__(message)
         self.launchers = tuple(launchers)
         self.libraries = tuple(libraries)
+
+
+class PayloadError(FitdockError):
+    """A signed payload (a step's function, arguments or result) was refused; nothing was
+    unpickled."""
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StepResultError(FitdockError):
+    """``result(step)`` asked of a step that has no result: not a function step, or it did
+    not complete."""
+
+    def __init__(self, message: str, *, step: str, status: str) -> None:
+        super().__init__(message)
+        self.step = step
+        self.status = status
 
 
 class RunNotFoundError(FitdockError, LookupError):

@@ -4,6 +4,7 @@ source directory of its own, with the default (user-managed) RunConfiguration.""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -11,12 +12,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import wait_until, write_script
 
+from fitdock.cli import main
 from fitdock.cli.pipeline import parse_params
-from fitdock.pipelines import PipelineRun
+from fitdock.cli.pipeline_show import dot, draw
+from fitdock.errors import StepResultError
+from fitdock.pipelines import ConditionStep, FailStep, Pipeline, PipelineRun, step
+from fitdock.pipelines import record as records
+from fitdock.pipelines.conditions import ConditionGreaterThan
+from fitdock.pipelines.record import PipelineRecord, StepState
+from fitdock.runs.status import RunStatus
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -281,3 +290,242 @@ def test_a_file_that_submits_its_pipeline_itself_is_run_once_with_the_options(
     (step_run,) = PipelineRun.list()[0].get_steps()
     assert (step_run.log_dir / "rank_0.stdout.log").read_text() == "value 7\n"
     assert state.status.value == "Completed" and len(PipelineRun.list()) == 1
+
+
+# ------------------------------------------------- @step results, conditions: show, dot
+START, END = "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:02+00:00"
+RAN = {"status": "Completed", "started_at": START, "ended_at": END}
+WAITING = {"status": "NotStarted", "started_at": None, "ended_at": None}
+SKIPPED = WAITING | {"status": "Skipped"}
+FAILED = RAN | {"status": "Failed"}
+
+
+def state(name: str, kind: str, how: dict[str, Any], **fields: Any) -> StepState:
+    return StepState.model_validate({"name": name, "kind": kind} | how | fields)
+
+
+def branching_record(results: Path, *, held: bool | None = True) -> PipelineRecord:
+    """train -> check (if: register, else: alarm, a fail step); after_alarm needs only
+    alarm. ``held``: the condition's outcome (None: not decided yet)."""
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "results.json").write_text('{"accuracy": 0.93, "epochs": 3}')
+    message = {"reason": "fail_step", "message": "accuracy 0.4 is too low\nmore"}
+    branches = {"if": ["register"], "else": ["alarm"]}
+    check, register, alarm = {
+        True: (RAN, RAN | {"run_id": "register_1"}, SKIPPED),
+        False: (RAN, SKIPPED, FAILED | {"error": message}),
+        None: (WAITING, WAITING, WAITING),
+    }[held]
+    steps = [
+        state("train", "function", RAN, run_id="train_1", outputs={"results": str(results)}),
+        state("check", "condition", check, depends_on=["train"], outcome=held, branches=branches),
+        state("register", "python_script", register, depends_on=["check"]),
+        state("alarm", "fail", alarm, depends_on=["check"]),
+        state("after_alarm", "python_script", SKIPPED, depends_on=["alarm"]),
+    ]
+    status = {True: "Completed", False: "Failed", None: "Running"}[held]
+    return PipelineRecord(
+        id="p_1", name="p", status=RunStatus(status), created_at="2026-01-01T00:00:00+00:00",
+        steps={s.name: s for s in steps}, order=[s.name for s in steps],
+    )  # fmt: skip
+
+
+def test_show_says_which_branch_a_condition_chose_and_a_short_result(tmp_path: Path) -> None:
+    text = draw(branching_record(tmp_path / "train"))
+    assert text.splitlines()[1:] == [
+        '  train                    Completed    2.0s  run train_1 -> {"accuracy":0.93,"epochs":3}',
+        "  └─> check                Completed    2.0s  condition held: if -> register",
+        "      └─> register         Completed    2.0s  run register_1",
+        "      └─> alarm            Skipped         -  skipped: branch not taken",
+        "          └─> after_alarm  Skipped         -",  # skipped downstream: as before
+    ]
+
+
+def test_show_a_condition_that_did_not_hold_and_the_fail_steps_message(tmp_path: Path) -> None:
+    text = draw(branching_record(tmp_path / "train", held=False))
+    assert text.splitlines()[2:] == [
+        "  └─> check                Completed    2.0s  condition did not hold: else -> alarm",
+        "      └─> register         Skipped         -  skipped: branch not taken",
+        "      └─> alarm            Failed       2.0s  accuracy 0.4 is too low",
+        "          └─> after_alarm  Skipped         -",
+    ]
+
+
+def test_show_a_condition_not_decided_yet(tmp_path: Path) -> None:
+    text = draw(branching_record(tmp_path / "train", held=None))
+    assert re.search(r"^  └─> check +NotStarted +-  not decided yet$", text, re.M)
+    assert re.search(r"^      └─> register +NotStarted +-$", text, re.M)
+    assert "branch not taken" not in text
+
+
+@pytest.mark.parametrize("content", [json.dumps({"k": "v" * 60}), "{not json", "x" * 5000, None])
+def test_show_leaves_out_a_long_or_unreadable_result(tmp_path: Path, content: str | None) -> None:
+    record = branching_record(tmp_path / "train")
+    path = tmp_path / "train" / "results.json"
+    if content is None:
+        path.unlink()
+    else:
+        path.write_text(content)
+    assert re.search(r"^  train +Completed +2\.0s  run train_1$", draw(record), re.M)
+
+
+def test_show_puts_a_result_that_does_not_fit_on_a_line_of_its_own(tmp_path: Path) -> None:
+    record = branching_record(tmp_path / "train")
+    long_id = "train_" + "x" * 60
+    record.steps["train"] = record.steps["train"].model_copy(update={"run_id": long_id})
+    lines = draw(record).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith("run train_x"))
+    assert lines[at].strip() == f"run {long_id}" and lines[at - 1].split()[0] == "train"
+    assert lines[at + 1].strip() == '-> {"accuracy":0.93,"epochs":3}'
+    assert all(len(line) <= 100 for line in lines)
+
+
+def test_dot_draws_conditions_as_diamonds_with_labelled_branches(tmp_path: Path) -> None:
+    text = dot(branching_record(tmp_path / "train"))
+    assert '"check" [label="check\\nCompleted", fillcolor="#d9ead3", shape=diamond, ' in text
+    assert '"check" -> "register" [label="if"];' in text
+    assert '"check" -> "alarm" [label="else"];' in text
+    assert '"train" -> "check";' in text and '"alarm" -> "after_alarm";' in text
+    skipped = '[label="alarm\\nSkipped", fillcolor="#eeeeee", style="rounded,filled,dotted"];'
+    assert f'"alarm" {skipped}' in text
+    assert '"after_alarm" [label="after_alarm\\nSkipped", fillcolor="#eeeeee", ' in text
+    assert '"register" [label="register\\nCompleted", fillcolor="#d9ead3"];' in text
+
+
+def test_show_through_the_cli_reads_the_record(tmp_path: Path, capsys: Any) -> None:
+    record = branching_record(tmp_path / "train")
+    records.write(record)
+    stored = records.read(record.id)
+    assert main(["pipeline", "show", record.id]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == draw(stored)
+    assert "condition held: if -> register" in draw(stored)
+    assert main(["pipeline", "show", record.id, "--format", "dot"]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == dot(stored)
+
+
+# ------------------------------------------------------------------ pipeline result
+class Opaque:
+    pass
+
+
+@step
+def answer() -> dict[str, Any]:
+    return {"x": 42, "names": ["a", "b"]}
+
+
+@step
+def as_set() -> set[int]:
+    return {1, 2}
+
+
+@step
+def as_object() -> Opaque:
+    return Opaque()
+
+
+@step
+def register(value: int) -> str:
+    return f"registered {value}"
+
+
+@step
+def boom() -> None:
+    raise ValueError("no data")
+
+
+@pytest.fixture
+def finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PipelineRun:
+    """A real @step pipeline, run to the end: answer, two results with no JSON form, a
+    condition that holds (register runs; the fail step is skipped)."""
+    workspace = tmp_path / "workspace"  # @step pipelines snapshot the working directory
+    workspace.mkdir()
+    monkeypatch.chdir(workspace)
+    value = answer()
+    check = ConditionStep(
+        "check", conditions=[ConditionGreaterThan(value["x"], 10)],
+        if_steps=[register(value["x"])], else_steps=[FailStep("alarm", error_message="low")],
+    )  # fmt: skip
+    run = Pipeline("results", steps=[check, as_set(), as_object()]).start()
+    run.wait()
+    return run
+
+
+def test_result_prints_a_step_result_as_indented_sorted_json(
+    finished: PipelineRun, capsys: Any
+) -> None:
+    assert main(["pipeline", "result", finished.id, "answer"]) == 0
+    out = capsys.readouterr().out
+    assert out == '{\n  "names": [\n    "a",\n    "b"\n  ],\n  "x": 42\n}\n'
+    assert main(["pipeline", "result", finished.id, "register"]) == 0
+    assert json.loads(capsys.readouterr().out) == "registered 42"
+
+
+def test_result_of_an_unknown_step_lists_the_steps(finished: PipelineRun, capsys: Any) -> None:
+    assert main(["pipeline", "result", finished.id, "nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"fitdock: error: pipeline run {finished.id} has no step 'nope'; ")
+    assert err.rstrip().endswith("its steps: " + ", ".join(finished.record.steps))
+
+
+@pytest.mark.parametrize("name", ["as_set", "as_object"])
+def test_a_result_with_no_json_form_exits_1_and_points_at_python(
+    finished: PipelineRun, name: str, capsys: Any
+) -> None:
+    assert main(["pipeline", "result", finished.id, name]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"the result of step {name!r} has no JSON form" in captured.err
+    assert f"PipelineRun({finished.id!r}).result({name!r})" in captured.err
+    assert finished.result(name) is not None  # it does have a result, in Python
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("alarm", "step 'alarm' is a fail step: result() is for @step functions"),
+        ("check", "step 'check' is a condition step: result() is for @step functions"),
+    ],
+)
+def test_a_step_with_no_result_exits_1_with_results_message(
+    finished: PipelineRun, name: str, message: str, capsys: Any
+) -> None:
+    assert main(["pipeline", "result", finished.id, name]) == 1
+    assert capsys.readouterr().err == f"fitdock: error: {message}\n"
+    with pytest.raises(StepResultError) as raised:
+        finished.result(name)
+    assert str(raised.value) == message
+
+
+def test_a_skipped_or_failed_function_step_has_no_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    value = answer()
+    check = ConditionStep(
+        "check", conditions=[ConditionGreaterThan(value["x"], 100)],
+        if_steps=[register(value["x"])], else_steps=[boom()],
+    )  # fmt: skip
+    run = Pipeline("failing", steps=[check]).start()
+    run.wait_for_completion(show_output=False, raise_on_error=False)
+    for name, message in [
+        ("register", "step 'register' has no result: it is Skipped"),
+        ("boom", "step 'boom' has no result: it is Failed"),
+    ]:
+        assert main(["pipeline", "result", run.id, name]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"fitdock: error: {message}"), err
+        with pytest.raises(StepResultError) as raised:
+            run.result(name)
+        assert err == f"fitdock: error: {raised.value}\n"
+    assert re.search(r"register +Skipped +-  skipped: branch not taken$", draw(run.record), re.M)
+
+
+def test_result_help_and_the_pipeline_help_mention_it(capsys: Any) -> None:
+    for argv in (["pipeline", "--help"], ["pipeline", "result", "--help"]):
+        with pytest.raises(SystemExit) as done:
+            main(argv)
+        assert done.value.code == 0
+        out = capsys.readouterr().out
+        assert "fitdock pipeline result RUN_ID evaluate" in out
+    assert "usage: fitdock pipeline result [-h] run_id step" in out
+    assert "PipelineRun(RUN_ID).result(STEP)" in out

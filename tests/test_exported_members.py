@@ -135,3 +135,28 @@ def test_module_level_imports_are_declared_dependencies() -> None:
                 continue
             missing.setdefault(name, str(path.relative_to(ROOT)))
     assert missing == {}, f"imported but not in setup.cfg install_requires: {missing}"
+
+
+PIPELINES_ALL = [
+    "CacheConfig", "ConditionStep", "DelayedReturn", "EstimatorStep", "Experiment",
+    "FailStep", "FunctionStep", "InputData", "Join", "ParameterBoolean", "ParameterFloat",
+    "ParameterInteger", "ParameterString", "Pipeline", "PipelineData", "PipelineParameter",
+    "PipelineRun", "PythonScriptStep", "RunConfiguration", "StepRun", "StepSequence",
+    "get_step", "preview", "step",
+]  # fmt: skip
+CONDITIONS = [
+    "ConditionEquals", "ConditionGreaterThan", "ConditionGreaterThanOrEqualTo",
+    "ConditionLessThan", "ConditionLessThanOrEqualTo", "ConditionIn", "ConditionNot",
+    "ConditionOr",
+]  # fmt: skip
+
+
+def test_pipelines_surface_is_pinned() -> None:
+    import fitdock.pipelines as pipelines
+    import fitdock.pipelines.conditions as conditions
+
+    assert pipelines.__all__ == PIPELINES_ALL
+    for name in PIPELINES_ALL:
+        assert getattr(pipelines, name) is not None, name
+    for name in CONDITIONS:
+        assert issubclass(getattr(conditions, name), conditions.Condition), name

@@ -1,8 +1,10 @@
-"""``fitdock pipeline run|list|show|explain|cancel|logs``: pipelines of steps.
+"""``fitdock pipeline run|list|show|explain|result|cancel|logs``: pipelines of steps.
 
 ``run`` loads a Python file, takes the ``Pipeline`` object it defines, submits it and waits;
 ``--dry-run`` prints the DAG and what would run, running nothing. The other actions read
-``$FITDOCK_HOME/pipelines/<id>/pipeline.json`` through ``PipelineRun``.
+``$FITDOCK_HOME/pipelines/<id>/pipeline.json`` through ``PipelineRun``. Help texts:
+:mod:`~fitdock.cli.pipeline_help`; drawing: :mod:`~fitdock.cli.pipeline_show`; ``result``:
+:mod:`~fitdock.cli.pipeline_result`.
 """
 
 from __future__ import annotations
@@ -19,72 +21,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fitdock.cli.pipeline_help import ACTIONS, PIPELINE_EPILOG, PIPELINE_HELP, RUN_EPILOG, RUN_HELP
+from fitdock.cli.pipeline_result import print_result
 from fitdock.cli.pipeline_show import dot, draw, ordered, when
 from fitdock.cli.table import columns
 from fitdock.errors import FitdockError
 
 if TYPE_CHECKING:
     from fitdock.pipelines import Pipeline, PipelineRun
-
-
-PIPELINE_HELP = """Pipelines of steps (fitdock.pipelines, Azure ML SDK v1's names). Each step runs
-as an ordinary fitdock run; a step whose reuse key matches an earlier completed step is
-reused. Records live under $FITDOCK_HOME/pipelines/."""
-
-PIPELINE_EPILOG = """examples:
-  fitdock pipeline run examples/pipeline_azure/pipeline.py --param epochs=3
-  fitdock pipeline run pipelines.py:nightly --dry-run
-  fitdock pipeline list
-  fitdock pipeline show RUN_ID --format dot | dot -Tsvg > pipeline.svg
-  fitdock pipeline explain RUN_ID train
-"""
-
-RUN_HELP = """Load FILE.py from its folder (relative paths in it are from there; the folder is
-on sys.path while it loads; `if __name__ == "__main__":` blocks do not run), take the
-Pipeline object named NAME, or the only Pipeline the file defines, or the one it submits
-itself (a ported notebook's `Experiment(ws, name).submit(pipeline)`: the file stops there),
-submit it and wait, printing each step's state as it changes. Exit status: 0
-when the pipeline completed, 1 when it did not, 2 for bad input."""
-
-RUN_EPILOG = """examples:
-  fitdock pipeline run examples/pipeline_azure/pipeline.py
-  fitdock pipeline run pipelines.py:nightly --param epochs=3 --param lr=0.05 --force train
-  fitdock pipeline run pipelines.py --dry-run      # the DAG and what would run; runs nothing
-"""
-
-ACTIONS = {  # name: (help, description, example)
-    "list": (
-        "one line per pipeline run",
-        "One line per pipeline run, newest last: id, name, status, steps (completed/all, "
-        "how many reused), created.",
-        "fitdock pipeline list --limit 5",
-    ),
-    "show": (
-        "a pipeline run's DAG with each step's state",
-        "A pipeline run's DAG: each step with its state, duration and run (or the run it "
-        "reused), indented under what it depends on. --format dot prints Graphviz DOT: one "
-        "node per step, an edge per dependency.",
-        "fitdock pipeline show RUN_ID\n"
-        "  fitdock pipeline show RUN_ID --format dot | dot -Tpng > run.png",
-    ),
-    "explain": (
-        "why each step ran or was reused",
-        'Why each step (or STEP) ran or was reused: "reused from <run> (key k)", or "ran: '
-        '<what changed>" naming each part of its key that differs from its previous key.',
-        "fitdock pipeline explain RUN_ID\n  fitdock pipeline explain RUN_ID train",
-    ),
-    "cancel": (
-        "stop a pipeline run's running steps",
-        "Stop a pipeline run: its running steps get SIGTERM, the grace period, then SIGKILL.",
-        "fitdock pipeline cancel RUN_ID",
-    ),
-    "logs": (
-        "the rank logs of a pipeline run's steps",
-        "The rank logs of each step run (or of STEP's), tagged [step] [rank r]; a reused "
-        "step shows the logs of the run it reused.",
-        "fitdock pipeline logs RUN_ID\n  fitdock pipeline logs RUN_ID train",
-    ),
-}
 
 
 def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -96,8 +40,8 @@ def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     actions = group.add_subparsers(dest="pipeline_command", required=True, metavar="ACTION")
     _add_run(actions)
     handlers = {
-        "list": cmd_list, "show": cmd_show, "explain": cmd_explain, "cancel": cmd_cancel,
-        "logs": cmd_logs,
+        "list": cmd_list, "show": cmd_show, "explain": cmd_explain, "result": cmd_result,
+        "cancel": cmd_cancel, "logs": cmd_logs,
     }  # fmt: skip
     for name, (text, description, example) in ACTIONS.items():
         action = actions.add_parser(
@@ -111,6 +55,8 @@ def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         action.add_argument("run_id", help="a pipeline run id (`fitdock pipeline list`)")
         if name in ("explain", "logs"):
             action.add_argument("step", nargs="?", help="only this step")
+        if name == "result":
+            action.add_argument("step", help="a @step function's step name")
         if name == "show":
             action.add_argument(
                 "--format", choices=["text", "dot"], default="text",
@@ -362,6 +308,10 @@ def _open(run_id: str, step: str | None = None) -> PipelineRun:
 def cmd_explain(ns: argparse.Namespace) -> int:
     print(_open(ns.run_id, ns.step).explain(ns.step))
     return 0
+
+
+def cmd_result(ns: argparse.Namespace) -> int:
+    return print_result(_open(ns.run_id, ns.step), ns.step)
 
 
 def cmd_cancel(ns: argparse.Namespace) -> int:

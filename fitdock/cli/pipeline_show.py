@@ -1,14 +1,19 @@
 """How ``fitdock pipeline show`` draws a pipeline run: the DAG as text (each step under
-the step it depends on, with its state, duration and reuse) or as Graphviz DOT."""
+the step it depends on, with its state, duration and reuse, the branch a condition chose,
+a function step's short result) or as Graphviz DOT."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
+from pathlib import Path
 
 from fitdock.pipelines.record import PipelineRecord, StepState
 from fitdock.runs.status import RunStatus
 
 WIDTH = 100  # lines stay within this many columns
+SHORT = 60  # a function step's result, as compact JSON, is shown when at most this long
+SKIPPED_FILL = "#eeeeee"
 
 
 def ordered(record: PipelineRecord) -> list[StepState]:
@@ -39,9 +44,12 @@ def ordered(record: PipelineRecord) -> list[StepState]:
 
 def draw(record: PipelineRecord) -> str:
     """The DAG as text, one line per step: under the step it depends on (``└─>``), then
-    its state, duration, and its run or the run it reused; other steps it depends on are
-    named on a line below it (``(also after a)``). Lines stay within WIDTH columns."""
+    its state, duration, and a note: its run or the run it reused (then ``-> <result>``
+    for a function step's short JSON result), a condition's chosen branch, a fail step's
+    message; other steps it depends on are named on a line below it (``(also after a)``).
+    Lines stay within WIDTH columns."""
     steps = ordered(record)
+    not_taken = _not_taken(record)
     level: dict[str, int] = {}
     rows: list[tuple[str, str, StepState]] = []  # (tree, also after, state)
     for index, state in enumerate(steps):
@@ -60,11 +68,7 @@ def draw(record: PipelineRecord) -> str:
     lines = [_headline(record)]
     for tree, also, state in rows:
         head = f"  {tree.ljust(width)}  {state.status.value.ljust(status)}  {_duration(state):>6}"
-        note = _note(state)
-        if not note or len(head) + 2 + len(note) <= WIDTH:
-            lines.append(f"{head}  {note}".rstrip())
-        else:  # the note on a line of its own, as far left as the notes column allows
-            lines += [head, _fit(" " * max(6, min(len(head) + 2, WIDTH - len(note))) + note)]
+        lines += _placed(head, _note(state, not_taken), _result(state))
         if also:
             lines.append(_fit(f"  {also}"))
     return "\n".join(lines)
@@ -78,14 +82,61 @@ def _headline(record: PipelineRecord) -> str:
     return _fit(head)
 
 
-def _note(state: StepState) -> str:
+def _placed(head: str, note: str, result: str) -> list[str]:
+    """The step's line, with its note (and ``-> result``) after it when they fit; else the
+    note on a line of its own, as far left as the notes column allows, and the result on
+    one more when it does not fit there either."""
+    arrow = f"-> {result}" if result else ""
+    full = " ".join(part for part in (note, arrow) if part)
+    if not full or len(head) + 2 + len(full) <= WIDTH:
+        return [f"{head}  {full}".rstrip()]
+    if len(full) <= WIDTH - 6 or not result:
+        return [head, _fit(" " * max(6, min(len(head) + 2, WIDTH - len(full))) + full)]
+    return [*_placed(head, note, ""), " " * max(6, min(len(head) + 2, WIDTH - len(arrow))) + arrow]
+
+
+def _not_taken(record: PipelineRecord) -> set[str]:
+    """The steps on the side of a decided condition that it did not choose."""
+    names: set[str] = set()
+    for state in record.steps.values():
+        if state.kind == "condition" and state.outcome is not None:
+            names.update(state.branches.get("else" if state.outcome else "if", []))
+    return names
+
+
+def _note(state: StepState, not_taken: set[str]) -> str:
+    if state.kind == "condition" and state.outcome is not None:
+        side = "if" if state.outcome else "else"
+        chosen = ", ".join(state.branches.get(side, [])) or "(no steps)"
+        return f"condition {'held' if state.outcome else 'did not hold'}: {side} -> {chosen}"
+    if state.status is RunStatus.SKIPPED and state.name in not_taken:
+        return "skipped: branch not taken"
     if state.reused:
         return f"reused from {state.run_id}"
     note = f"run {state.run_id}" if state.run_id else ""
     if state.error:
-        message = str(state.error.get("message", state.error)).strip().splitlines()
-        note += f": {message[0] if message else state.error}"
+        lines = str(state.error.get("message", state.error)).strip().splitlines()
+        message = lines[0] if lines else str(state.error)
+        note = f"{note}: {message}" if note else message
+    elif state.kind == "condition" and not state.status.is_terminal:
+        note = "not decided yet"
     return note
+
+
+def _result(state: StepState) -> str:
+    """A completed function step's result as compact JSON when it is short, else "".
+    For display only: read from ``results.json`` unverified; any error shows nothing."""
+    folder = state.outputs.get("results")
+    if state.kind != "function" or state.status is not RunStatus.COMPLETED or not folder:
+        return ""
+    path = Path(folder) / "results.json"
+    try:
+        if path.stat().st_size > 16 * SHORT:  # cannot be short: not worth reading
+            return ""
+        text = json.dumps(json.loads(path.read_text()), separators=(",", ":"), sort_keys=True)
+    except (OSError, ValueError, RecursionError):
+        return ""
+    return text if len(text) <= SHORT else ""
 
 
 def when(iso: str) -> str:
@@ -112,7 +163,8 @@ def _duration(state: StepState) -> str:
 
 def dot(record: PipelineRecord) -> str:
     """Graphviz DOT: one node per step (name, state, "reused" when reused; dashed when
-    reused), one edge per dependency."""
+    reused; a condition a diamond; a skipped step grey and dotted), one edge per dependency
+    (labelled "if" or "else" from a condition to the steps of its branches)."""
 
     fills = {RunStatus.COMPLETED: "#d9ead3", RunStatus.FAILED: "#f4cccc"}
     fills |= {RunStatus.TIMED_OUT: "#f4cccc", RunStatus.RUNNING: "#fff2cc"}
@@ -123,14 +175,36 @@ def dot(record: PipelineRecord) -> str:
     ]
     for state in ordered(record):
         label = f"{state.name}\n{state.status.value}" + (", reused" if state.reused else "")
-        style = ', style="rounded,filled,dashed"' if state.reused else ""
-        fill = fills.get(state.status, "#ffffff")
+        skipped = state.status is RunStatus.SKIPPED
+        fill = SKIPPED_FILL if skipped else fills.get(state.status, "#ffffff")
         lines.append(
-            f"  {_quote(state.name)} [label={_quote(label)}, fillcolor={_quote(fill)}{style}];"
+            f"  {_quote(state.name)} [label={_quote(label)}, fillcolor={_quote(fill)}"
+            f"{_shape(state, skipped)}];"
         )
+    sides = {
+        (state.name, name): side
+        for state in record.steps.values()
+        if state.kind == "condition"
+        for side, names in state.branches.items()
+        for name in names
+    }
     for state in ordered(record):
-        lines += [f"  {_quote(dep)} -> {_quote(state.name)};" for dep in state.depends_on]
+        for dep in state.depends_on:
+            side = sides.get((dep, state.name))
+            edge = f" [label={_quote(side)}]" if side else ""
+            lines.append(f"  {_quote(dep)} -> {_quote(state.name)}{edge};")
     return "\n".join([*lines, "}"])
+
+
+def _shape(state: StepState, skipped: bool) -> str:
+    """DOT attributes beyond the defaults: a condition's diamond (not rounded), a reused
+    step's dashes, a skipped step's dots."""
+    condition = state.kind == "condition"
+    styles = ([] if condition else ["rounded"]) + ["filled"]
+    styles += ["dashed"] if state.reused else ["dotted"] if skipped else []
+    shape = ", shape=diamond" if condition else ""
+    style = ",".join(styles)
+    return shape + (f", style={_quote(style)}" if style != "rounded,filled" else "")
 
 
 def _quote(text: str) -> str:

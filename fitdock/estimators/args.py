@@ -136,7 +136,7 @@ def validate_args(owner: str, raw: dict[str, Any]) -> EstimatorArgs:
     try:
         args = EstimatorArgs(**{k: v for k, v in raw.items() if v is not None})
     except ValidationError as exc:
-        raise _spec_error(owner, exc) from None
+        raise spec_error(owner, exc) from None
     _check_combinations(owner, raw, args)
     return args
 
@@ -254,7 +254,8 @@ def per_node(args: EstimatorArgs) -> int:
     return args.process_count_per_node
 
 
-def _spec_error(owner: str, exc: ValidationError) -> SpecError:
+def spec_error(owner: str, exc: ValidationError) -> SpecError:
+    """A pydantic error as a ``SpecError`` naming every wrong field and what it got."""
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or None
     lines = []

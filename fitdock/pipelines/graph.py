@@ -9,15 +9,22 @@ from fitdock.pipelines.steps import Step
 
 def dependencies(step: Step) -> list[Step]:
     """The steps ``step`` waits for: the producers of what it reads, and ``run_after``."""
-    found = list(step.after)
-    for data in step.reads():
-        if isinstance(data, PipelineData):
-            found += data.producers
+    found = [*step.after, *data_dependencies(step)]
     unique: list[Step] = []
     for other in found:
         if not any(other is seen for seen in unique):
             unique.append(other)
     return unique
+
+
+def data_dependencies(step: Step) -> list[Step]:
+    """The steps whose results ``step`` receives: producers of its data, steps of its
+    ``DelayedReturn``s. (A step skipped by a condition skips the steps that need its data.)"""
+    found: list[Step] = [ref.step for ref in step.references()]
+    for data in step.reads():
+        if isinstance(data, PipelineData):
+            found += data.producers
+    return found
 
 
 def closure(steps: list[Step]) -> list[Step]:
@@ -34,8 +41,12 @@ def closure(steps: list[Step]) -> list[Step]:
         visiting.remove(step)
         ordered.append(step)
 
-    for step in steps:
-        visit(step)
+    pending = list(steps)
+    while pending:
+        for step in pending:
+            visit(step)
+        # a condition's branches belong to the pipeline too (with what they need)
+        pending = [b for s in ordered for b in s.branches() if not any(b is o for o in ordered)]
     return ordered
 
 

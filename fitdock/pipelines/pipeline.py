@@ -3,8 +3,9 @@
 Two call shapes, told apart by type: Azure's ``Pipeline(workspace, steps,
 description=None, ...)`` (the workspace is accepted and ignored, so ported code keeps
 working) and SageMaker's ``Pipeline(name, parameters=None, steps=None, ...)``. ``steps``
-may list only the last steps: every step they depend on, through data or ``run_after``,
-is included.
+may list only the last steps (or their ``DelayedReturn``s): every step they depend on,
+through data, results or ``run_after``, and a condition's branches, are included.
+SageMaker's ``definition``/``create``/``upsert``/``start``/``list_executions`` work too.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fitdock.errors import PipelineValidationError
+from fitdock.errors import PipelineValidationError, SpecError
 from fitdock.pipelines.data import PipelineData, PipelineParameter
+from fitdock.pipelines.delayed import DelayedReturn
 from fitdock.pipelines.graph import closure, find_cycle
 from fitdock.pipelines.steps import Step, StepSequence
 
@@ -48,13 +50,16 @@ class Pipeline:
         self.parameters = list(parameters or [])
 
     # ------------------------------------------------------------------ checks
-    def problems(self, values: Mapping[str, Any] | None = None) -> list[str]:
-        """Every problem of the graph at once (empty when it can run)."""
+    def problems(
+        self, values: Mapping[str, Any] | None = None, *, need_values: bool = True
+    ) -> list[str]:
+        """Every problem of the graph at once (empty when it can run); ``need_values=False``
+        for a definition, which runs later with values given then."""
         found: list[str] = []
-        names: dict[str, int] = {}
+        names: dict[str, list[Step]] = {}
         for step in self.steps:
-            names[step.name] = names.get(step.name, 0) + 1
-        found += [f"{count} steps are named {name!r}" for name, count in names.items() if count > 1]
+            names.setdefault(step.name, []).append(step)
+        found += [_clash(name, steps) for name, steps in names.items() if len(steps) > 1]
         for data in self._data():
             producers = data.producers
             if not producers:
@@ -72,9 +77,26 @@ class Pipeline:
             f"pipeline parameter {n!r} is not used by any step" for n in given if n not in known
         ]
         for parameter in self.all_parameters():
-            if parameter.default_value is None and parameter.name not in given:
+            if need_values and parameter.default_value is None and parameter.name not in given:
                 found.append(f"pipeline parameter {parameter.name!r} has no value: give one")
+            elif parameter.name in given and hasattr(parameter, "check"):
+                try:
+                    parameter.check(given[parameter.name])
+                except SpecError as exc:
+                    found.append(str(exc))
         return found
+
+    def parameter_values(self, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Every parameter's value for a submission: given (checked against its type) or
+        its default."""
+        given = dict(given or {})
+        values = {}
+        for parameter in self.all_parameters():
+            value = given.get(parameter.name, parameter.default_value)
+            if parameter.name in given and hasattr(parameter, "check"):
+                value = parameter.check(value)
+            values[parameter.name] = value
+        return values
 
     def validate(self, values: Mapping[str, Any] | None = None) -> None:
         """Raise ``PipelineValidationError`` listing every problem; nothing runs."""
@@ -118,7 +140,8 @@ class Pipeline:
         if unknown:
             raise PipelineValidationError([f"force names no step: {sorted(unknown)}"])
         run = start(
-            self, experiment_name=experiment_name, parameters=dict(pipeline_parameters or {}),
+            self, experiment_name=experiment_name,
+            parameters=self.parameter_values(pipeline_parameters),
             continue_on_step_failure=continue_on_step_failure,
             regenerate_outputs=regenerate_outputs, max_concurrency=max_concurrency,
             force=list(force),
@@ -127,12 +150,66 @@ class Pipeline:
             run.wait_for_completion(show_output=show_output, raise_on_error=False)
         return run
 
+    # ------------------------------------------------------------------ SageMaker's verbs
+    def definition(self) -> str:
+        """The pipeline as JSON (SageMaker's shape: parameters, steps, what each needs)."""
+        from fitdock.pipelines.definition import definition
+
+        return definition(self)
+
+    def create(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Store the definition under the pipeline's name; an error if one is stored."""
+        from fitdock.pipelines.definition import store
+
+        return store(self, replace=False)
+
+    def upsert(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Store the definition under the pipeline's name, replacing an earlier one."""
+        from fitdock.pipelines.definition import store
+
+        return store(self, replace=True)
+
+    update = upsert
+
+    def start(
+        self, parameters: Mapping[str, Any] | None = None, *args: Any, **kwargs: Any
+    ) -> PipelineRun:
+        """Run it (SageMaker's name for ``submit``); returns the ``PipelineRun`` at once."""
+        return self.submit(pipeline_parameters=parameters)
+
+    def list_executions(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """The runs of this pipeline's name, newest first (SageMaker's shape)."""
+        from fitdock.pipelines.run import PipelineRun
+
+        runs = [run for run in PipelineRun.list() if run.record.name == self.name]
+        summaries = [
+            {
+                "PipelineExecutionArn": run.id,
+                "PipelineExecutionStatus": run.status.value,
+                "StartTime": run.record.created_at,
+            }
+            for run in reversed(runs)
+        ]
+        return {"PipelineExecutionSummaries": summaries}
+
+
+def _clash(name: str, steps: list[Step]) -> str:
+    functions = [getattr(step, "function_name", None) for step in steps]
+    if any(functions):
+        shown = " and ".join(
+            f"{f or type(s).__name__}" for f, s in zip(functions, steps, strict=True)
+        )
+        return f"{len(steps)} steps are named {name!r}: {shown}; give each its own @step(name=...)"
+    return f"{len(steps)} steps are named {name!r}"
+
 
 def _flatten(steps: Iterable[Any]) -> list[Step]:
     found: list[Step] = []
     for item in steps:
         if isinstance(item, StepSequence):
             found += item.steps
+        elif isinstance(item, DelayedReturn):
+            found.append(item.step)
         elif isinstance(item, Step):
             found.append(item)
         else:

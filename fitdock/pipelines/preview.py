@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fitdock.errors import FitdockError
 from fitdock.pipelines import reuse
+from fitdock.pipelines.build import Builds
+from fitdock.pipelines.function import RUNNER, FunctionStep
 from fitdock.pipelines.graph import dependencies
 from fitdock.pipelines.record import PipelineRecord, StepState
 from fitdock.pipelines.scheduler import Scheduler
@@ -44,14 +47,23 @@ def preview(
         steps={s.name: StepState(name=s.name, kind=s.kind) for s in pipeline.steps},
         order=[s.name for s in pipeline.steps],
     )  # fmt: skip
-    scheduler = Scheduler(pipeline, record, SupervisorLock(Path("/dev/null")))
-    said: dict[str, str] = {}
-    for step in pipeline.steps:
-        waits = [d.name for d in dependencies(step) if not record.steps[d.name].reused]
-        if waits:
-            said[step.name] = f"runs: after {', '.join(waits)} (its inputs are not known before)"
-            continue
-        said[step.name] = decide(scheduler, step)
+    with tempfile.TemporaryDirectory(prefix="fitdock-preview-") as stand_in:
+        (Path(stand_in) / RUNNER).touch()  # what a function step's build folder would hold
+        functions = [s.name for s in pipeline.steps if isinstance(s, FunctionStep)]
+        builds = Builds(Path.cwd(), dict.fromkeys(functions, Path(stand_in)), Path.cwd())
+        scheduler = Scheduler(pipeline, record, SupervisorLock(Path("/dev/null")), builds)
+        said: dict[str, str] = {}
+        for step in pipeline.steps:
+            waits = [d.name for d in dependencies(step) if not record.steps[d.name].reused]
+            if not step.runs_job:
+                after = f" after {', '.join(waits)}" if waits else ""
+                said[step.name] = f"decided when reached{after} ({step.kind} step)"
+            elif waits:
+                said[step.name] = (
+                    f"runs: after {', '.join(waits)} (its inputs are not known before)"
+                )
+            else:
+                said[step.name] = decide(scheduler, step)
     return said
 
 
@@ -61,7 +73,7 @@ def decide(scheduler: Scheduler, step: Step) -> str:
     state = scheduler.record.steps[step.name]
     own = {data.name: f"<{data.name} of the new run>" for data in step.outputs}
     try:
-        spec = step.job_spec(lambda value: scheduler.resolve(value, own))
+        spec = step.job_spec(lambda v: scheduler.resolve(v, own), scheduler._context(step.name))
         parts = scheduler.key_parts(step, spec)
     except (FitdockError, OSError) as exc:
         return f"fails: {exc}"

@@ -36,6 +36,8 @@ class StepState(BaseModel):
     error: dict[str, Any] | None = None
     outputs: dict[str, str] = Field(default_factory=dict)  # PipelineData name -> path
     output_hashes: dict[str, str] = Field(default_factory=dict)  # name -> content hash
+    outcome: bool | None = None  # a condition step's value
+    branches: dict[str, list[str]] = Field(default_factory=dict)  # a condition's if/else steps
 
 
 class PipelineRecord(BaseModel):

@@ -16,6 +16,7 @@ keys a step name had, newest last, so that ``explain`` can name what changed.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass
@@ -82,11 +83,14 @@ def key_of(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def lookup(key: str) -> Hit | None:
-    """The completed step of ``key`` whose outputs are still as they were, or None."""
+def lookup(key: str, max_age: dt.timedelta | None = None) -> Hit | None:
+    """The completed step of ``key`` whose outputs are still as they were (and, with
+    ``max_age``, that is not older), or None."""
     entry = read_json(cache_root() / f"{key}.json")
     if not entry or not (runs_root() / entry["run_id"] / RECORD).is_file():
         return None  # never completed, or its run was deleted since
+    if max_age is not None and _age(entry.get("created_at", "")) > max_age:
+        return None
     outputs: dict[str, str] = entry.get("outputs", {})
     hashes: dict[str, str] = entry.get("output_hashes", {})
     for name, path in outputs.items():
@@ -96,6 +100,14 @@ def lookup(key: str) -> Hit | None:
         except OSError:
             return None
     return Hit(key, entry["run_id"], outputs, hashes)
+
+
+def _age(stamp: str) -> dt.timedelta:
+    try:
+        made = dt.datetime.fromisoformat(stamp)
+    except ValueError:
+        return dt.timedelta.max
+    return dt.datetime.now(made.tzinfo) - made
 
 
 def store(
@@ -178,6 +190,10 @@ def _describe(name: str, old: Any, new: Any) -> str:
         return "; ".join(f"param {k}: {_short(old.get(k))} -> {_short(new.get(k))}" for k in keys)
     if name == "environment":
         return "the environment changed (its packages, variables or image)"
+    if name == "function":
+        return "the function's code changed"
+    if name == "dependencies":
+        return "the dependencies file changed"
     return f"{name}: {_short(old)} -> {_short(new)}"
 
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fitdock.errors import RunFailedError
+from fitdock.errors import RunFailedError, StepResultError
 from fitdock.execution.run import Run
 from fitdock.pipelines import record as records
 from fitdock.pipelines.record import PipelineRecord, StepState
@@ -140,6 +140,62 @@ class PipelineRun:
         for step in self.get_steps():
             if not step.reused and not step.status.is_terminal:
                 step.cancel()
+
+    # ------------------------------------------------------------------ SageMaker's verbs
+    def wait(self, delay: float = POLL_SECONDS, max_attempts: int | None = None) -> None:
+        """Block until the pipeline has ended (SageMaker's name); raises ``RunFailedError``
+        when it did not complete."""
+        self.wait_for_completion(show_output=False)
+
+    def describe(self) -> dict[str, Any]:
+        record = self.record
+        return {
+            "PipelineExecutionArn": record.id,
+            "PipelineName": record.name,
+            "PipelineExecutionStatus": record.status.value,
+            "CreationTime": record.created_at,
+            "LastModifiedTime": record.ended_at or record.created_at,
+            "FailureReason": (record.error or {}).get("message"),
+            "Parameters": record.parameters,
+        }
+
+    def list_steps(self) -> builtins.list[dict[str, Any]]:
+        """Each step's state, newest first (SageMaker's order)."""
+        steps = []
+        for state in reversed(self.record.ordered()):
+            entry: dict[str, Any] = {
+                "StepName": state.name,
+                "StepType": state.kind,
+                "StepStatus": state.status.value,
+                "StartTime": state.started_at,
+                "EndTime": state.ended_at,
+                "RunId": state.run_id,
+                "Reused": state.reused,
+            }
+            if state.error:
+                entry["FailureReason"] = state.error.get("message")
+            if state.outcome is not None:
+                entry["Outcome"] = state.outcome
+            steps.append(entry)
+        return steps
+
+    def result(self, step_name: str) -> Any:
+        """A ``@step`` function's return value, verified then unpickled; an error naming
+        the step's state when it has none."""
+        from fitdock.pipelines.results import missing_result, value
+
+        state = self.record.steps.get(step_name)
+        if state is None:
+            raise StepResultError(
+                f"pipeline run {self.id} has no step {step_name!r} (steps: "
+                f"{', '.join(self.record.order)})",
+                step=step_name,
+                status="unknown",
+            )
+        why = missing_result(state)
+        if why is not None:
+            raise StepResultError(why, step=step_name, status=state.status.value)
+        return value(Path(state.outputs["results"]))
 
     def explain(self, step: str | None = None) -> str:
         """For each step (or one): "reused from <run> (key k)" or "ran: <what changed>"."""

@@ -14,6 +14,7 @@ submitting the same pipeline again reuses every step that completed.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,14 +22,17 @@ from typing import TYPE_CHECKING, Any
 from fitdock.errors import FitdockError
 from fitdock.execution.run import Run
 from fitdock.execution.submit import submit
+from fitdock.jobside.stepfn import RESULTS
+from fitdock.pipelines import branching, build, reuse
 from fitdock.pipelines import record as records
-from fitdock.pipelines import reuse
-from fitdock.pipelines.data import InputData, PipelineData, PipelineParameter
+from fitdock.pipelines.control import Decision
+from fitdock.pipelines.function import FunctionStep
 from fitdock.pipelines.graph import dependencies
+from fitdock.pipelines.keys import Values
 from fitdock.pipelines.record import PipelineRecord, StepState
 from fitdock.pipelines.run import PipelineRun
-from fitdock.pipelines.steps import PythonScriptStep, Step
-from fitdock.runs.contenthash import TreeHash, hash_path, hash_tree
+from fitdock.pipelines.steps import PythonScriptStep, StepContext
+from fitdock.runs.contenthash import hash_path
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import SupervisorLock, new_run_id, runs_root
 from fitdock.shared import now_iso
@@ -55,7 +59,10 @@ def start(
     run_id = new_run_id(_safe(pipeline.name))
     steps = {
         step.name: StepState(
-            name=step.name, kind=step.kind, depends_on=[d.name for d in dependencies(step)]
+            name=step.name,
+            kind=step.kind,
+            depends_on=[d.name for d in dependencies(step)],
+            branches=step.branch_names(),
         )
         for step in pipeline.steps
     }
@@ -65,30 +72,41 @@ def start(
         "max_concurrency": max_concurrency,
         "force": force,
     }
-    values = {p.name: parameters.get(p.name, p.default_value) for p in pipeline.all_parameters()}
+    values = dict(parameters)  # checked, defaults in (Pipeline.parameter_values)
     record = PipelineRecord(
         id=run_id, name=pipeline.name, experiment_name=experiment_name,
         description=pipeline.description, created_at=now_iso(), parameters=values,
         options=options, steps=steps, order=list(steps),
     )  # fmt: skip
+    builds = build.prepare(
+        pipeline.steps, pipeline.name, values
+    )  # before any record: a payload error leaves nothing
     records.write(record)
     lock = SupervisorLock(records.folder(run_id) / records.LOCK)
     lock.acquire()
-    scheduler = Scheduler(pipeline, record, lock)
+    scheduler = Scheduler(pipeline, record, lock, builds)
     handle = PipelineRun(run_id, scheduler=scheduler)
     threading.Thread(target=scheduler.run, name=f"fitdock-pipeline-{run_id}", daemon=False).start()
     return handle
 
 
 class Scheduler:
-    def __init__(self, pipeline: Pipeline, record: PipelineRecord, lock: SupervisorLock) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        record: PipelineRecord,
+        lock: SupervisorLock,
+        builds: build.Builds | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.record = record
         self.lock = lock
+        self.builds = builds or build.Builds(None, {})
         self.steps = {step.name: step for step in pipeline.steps}
         self.runs: dict[str, Run] = {}
         self.parts: dict[str, dict[str, Any]] = {}
-        self.trees: dict[Path, TreeHash] = {}
+        self.values = Values(record, self.builds.cwd or Path.cwd())
+        self.results: dict[str, Path] = {}  # function step -> where its results go
         self.cancel_requested = threading.Event()
         self.done = threading.Event()
         self.wake = threading.Event()  # set when a step's run ends, or on cancel
@@ -135,13 +153,14 @@ class Scheduler:
     def _startable(self) -> list[str]:
         if self.stopping:
             return []
-        states = self.record.steps
         return [
             state.name
             for state in self.record.ordered()
-            if state.status is RunStatus.NOT_STARTED
-            and all(states[d].status is RunStatus.COMPLETED for d in state.depends_on)
+            if state.status is RunStatus.NOT_STARTED and self._satisfied(state.name)
         ]
+
+    def _satisfied(self, name: str) -> bool:
+        return branching.satisfied(self.record.steps, self.steps[name])
 
     def _start_ready(self) -> bool:
         """Start (or reuse) what can start now; True when something did."""
@@ -166,19 +185,25 @@ class Scheduler:
     # ------------------------------------------------------------------ one step
     def _start(self, name: str) -> None:
         step, state = self.steps[name], self.record.steps[name]
+        if not step.runs_job:
+            self._decide(name)
+            return
         run_id = new_run_id(_safe(name))
         own = {
             data.name: str(runs_root() / run_id / "outputs" / data.name) for data in step.outputs
         }
         try:
-            spec = step.job_spec(lambda value: self.resolve(value, own))
+            spec = step.job_spec(lambda value: self.resolve(value, own), self._context(name))
+            if isinstance(step, FunctionStep):
+                same_python(spec)
             parts = self.key_parts(step, spec)
         except (FitdockError, OSError) as exc:
             self._ended(name, RunStatus.FAILED, {"reason": "step_spec", "message": str(exc)})
             return
         key = reuse.key_of(parts)
         state.key, state.started_at = key, now_iso()
-        hit = reuse.lookup(key) if step.allow_reuse and name not in self.forced else None
+        max_age = _max_age(step)
+        hit = reuse.lookup(key, max_age) if step.allow_reuse and name not in self.forced else None
         if hit is not None:
             state.run_id, state.reused, state.outputs = hit.run_id, True, hit.outputs
             state.output_hashes = hit.output_hashes
@@ -186,7 +211,13 @@ class Scheduler:
             reuse.remember(name, key, parts)
             self._ended(name, RunStatus.COMPLETED, None)
             return
-        state.explain = "ran: forced" if name in self.forced else reuse.explain(name, key, parts)
+        state.explain = (
+            "ran: forced"
+            if name in self.forced
+            else reuse.explain(name, key, parts)
+            if step.allow_reuse
+            else f"ran: reuse is off ({step.reuse_switch} turns it on)"
+        )
         folders = tuple(data.name for data in step.outputs if data.is_directory)
         try:
             self.runs[name] = submit(
@@ -196,6 +227,8 @@ class Scheduler:
             self._ended(name, RunStatus.FAILED, {"reason": "submit", "message": str(exc)})
             return
         self.parts[name] = parts
+        if isinstance(step, FunctionStep):
+            self.results[name] = build.results_folder(self.pipeline.name, self.record.id, name)
         state.run_id, state.outputs, state.status = run_id, own, RunStatus.RUNNING
         self._notify_on_end(self.runs[name])
         self._save()
@@ -213,48 +246,36 @@ class Scheduler:
         threading.Thread(target=watch, name=f"fitdock-step-{run.id}", daemon=True).start()
 
     def resolve(self, value: Any, own: dict[str, str]) -> Any:
-        """A parameter's value, a piece of data's path, anything else as it is."""
-        if isinstance(value, PipelineParameter):
-            return self.record.parameters[value.name]
-        if isinstance(value, PipelineData):
-            if value.name in own:
-                return own[value.name]
-            producer = value.producers[0]
-            return self.record.steps[producer.name].outputs[value.name]
-        if isinstance(value, InputData):
-            return str(value.path)
-        if isinstance(value, Path):
-            return str(value)
-        return value
+        return self.values.resolve(value, own)
 
-    def _content(self, data: PipelineData | InputData) -> str:
-        if isinstance(data, InputData):
-            return hash_path(data.path)
-        producer = self.record.steps[data.producers[0].name]
-        return producer.output_hashes[data.name]
+    def key_parts(self, step: Any, spec: JobSpec) -> dict[str, Any]:
+        return self.values.key_parts(step, spec)
 
-    def key_parts(self, step: Step, spec: JobSpec) -> dict[str, Any]:
-        def keyed(value: Any) -> Any:
-            if isinstance(value, PipelineData) and any(value is o for o in step.outputs):
-                return f"output:{value.name}"
-            if isinstance(value, (PipelineData, InputData)):
-                return f"data:{self._content(value)}"
-            return self.resolve(value, {})
+    def _context(self, name: str) -> StepContext | None:
+        """A function step's build folder, and where its references and data are."""
+        step = self.steps[name]
+        if not isinstance(step, FunctionStep):
+            return None
+        refs = {r.step.name: str(self.values.results_of(r.step.name)) for r in step.references()}
+        data = {d.name: str(self.resolve(d, {})) for d in step.reads()}
+        folder = self.builds.folders.get(name, Path("<build>"))
+        return build.context(folder, self.builds.space or Path("<workspace>"), refs, data)
 
-        params = getattr(step, "params", {})
-        source = spec.source_directory
-        if source not in self.trees:  # one hash of a folder that several steps share
-            self.trees[source] = hash_tree(source)
-        return reuse.key_parts(
-            step.kind,
-            getattr(step, "script_name", spec.entry_script),
-            spec,
-            self.trees[source],
-            [keyed(value) for value in step.arguments],
-            {key: str(self.resolve(value, {})) for key, value in params.items()},
-            {data.name: self._content(data) for data in step.reads()},
-            step.version,
-        )
+    def _decide(self, name: str) -> None:
+        """A condition or a fail step: decided here, with no run."""
+        state = self.record.steps[name]
+        state.started_at = now_iso()
+        try:
+            decision: Decision = self.steps[name].decide(self.values.value_of)  # type: ignore[attr-defined]
+        except FitdockError as exc:
+            self._ended(name, RunStatus.FAILED, {"reason": "condition", "message": str(exc)})
+            return
+        state.explain, state.outcome = decision.explain, decision.outcome
+        for skipped in decision.skip:
+            if self.record.steps[skipped.name].status is RunStatus.NOT_STARTED:
+                self.record.steps[skipped.name].status = RunStatus.SKIPPED
+        branching.skip_unreachable(self.record.steps, self.steps)
+        self._ended(name, decision.status, decision.error)
 
     def _collect(self) -> bool:
         """Take in the steps whose runs have ended; True when one had."""
@@ -274,6 +295,8 @@ class Scheduler:
 
     def _completed(self, name: str, run: Run) -> None:
         state = self.record.steps[name]
+        if name in self.results and not self._take_results(name, run):
+            return
         hashes = {}
         for data_name, path in state.outputs.items():
             if not Path(path).exists():
@@ -287,6 +310,18 @@ class Scheduler:
         if state.key is not None:
             reuse.store(name, state.key, self.parts.pop(name), run.id, state.outputs, hashes)
         self._ended(name, RunStatus.COMPLETED, None)
+
+    def _take_results(self, name: str, run: Run) -> bool:
+        """Move a function step's results from its run to the execution's folder."""
+        made, target = run.output_dir / RESULTS, self.results.pop(name)
+        if not (made / "results").is_file():
+            message = "the function step completed but stored no result"
+            self._ended(name, RunStatus.FAILED, {"reason": "missing_output", "message": message})
+            return False
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(made, target)
+        self.record.steps[name].outputs = {"results": str(target)}
+        return True
 
     def _ended(self, name: str, status: RunStatus, error: dict[str, Any] | None) -> None:
         state = self.record.steps[name]
@@ -316,10 +351,9 @@ class Scheduler:
             self.record.status = RunStatus.FAILED
             first = min(failed, key=lambda s: s.ended_at or "")
             message = (first.error or {}).get("message", "")
-            self.record.error = {
-                "step": first.name,
-                "message": f"step {first.name!r} failed: {message}",
-            }
+            if (first.error or {}).get("reason") != "fail_step":
+                message = f"step {first.name!r} failed: {message}"
+            self.record.error = {"step": first.name, "message": message}
         elif self._canceled() or any(s.status is RunStatus.CANCELED for s in states):
             self.record.status = RunStatus.CANCELED
         else:
@@ -340,6 +374,24 @@ class Scheduler:
 
     def _save(self) -> None:
         records.write(self.record, fsync=self.record.status.is_terminal)
+
+
+def same_python(spec: JobSpec) -> None:
+    """Refuse a function step whose environment names another Python than this one
+    (cloudpickle payloads cannot cross versions); an image's Python, not known here, is
+    checked by the step itself before it unpickles anything."""
+    wanted = spec.environment.python.python_version
+    ours = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if wanted and ".".join(wanted.split(".")[:2]) != ours:
+        raise FitdockError(
+            f"the step's environment has Python {wanted} but the pipeline is submitted "
+            f"with Python {ours}: cloudpickle payloads cannot cross Python versions"
+        )
+
+
+def _max_age(step: Any) -> Any:
+    config = getattr(getattr(step, "options", None), "cache_config", None)
+    return config.max_age if config is not None else None
 
 
 def _safe(name: str) -> str:

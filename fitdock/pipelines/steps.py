@@ -8,8 +8,10 @@ lives: the step then runs through the same submit path as any ``fit()``, on any 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -17,10 +19,21 @@ from fitdock.environments.spec import Environment
 from fitdock.errors import SpecError
 from fitdock.estimators.base import Estimator
 from fitdock.pipelines.data import InputData, PipelineData, PipelineParameter, as_input
+from fitdock.pipelines.delayed import DelayedReturn, references
 from fitdock.specs.job import JobSpec
 
 PIPELINE_PARAMS = {"NodeCount": "node_count", "MpiProcessCountPerNode": "process_count_per_node"}
 Resolver = Callable[[Any], Any]  # a PipelineParameter -> its value, data -> its path
+
+
+@dataclass
+class StepContext:
+    """What the scheduler prepared for one step of one execution: a function step's build
+    folder (its payloads and runner), variables and extra read-only inputs."""
+
+    build: Path
+    variables: dict[str, str] = dataclasses.field(default_factory=dict)
+    inputs: dict[str, Path] = dataclasses.field(default_factory=dict)
 
 
 class RunConfiguration:
@@ -56,6 +69,8 @@ class Step:
     whether it may be reused, and a version that is part of its reuse key."""
 
     kind: ClassVar[str]
+    runs_job: ClassVar[bool] = True  # False: decided by the scheduler itself (conditions, fail)
+    reuse_switch: ClassVar[str] = "allow_reuse=True"
 
     def __init__(
         self,
@@ -98,6 +113,40 @@ class Step:
         """Run this step only once ``step`` has completed (an order without data)."""
         self.after.append(step)
 
+    def add_depends_on(self, steps: Iterable[Step | DelayedReturn | str]) -> None:
+        """SageMaker's order-only dependencies: steps (or their ``DelayedReturn``s) this
+        step runs after."""
+        if isinstance(steps, (Step, DelayedReturn, str)):
+            steps = [steps]
+        for item in steps:
+            other = item.step if isinstance(item, DelayedReturn) else item
+            if not isinstance(other, Step):
+                raise SpecError(
+                    f"step {self.name!r}: add_depends_on takes steps or DelayedReturns, got "
+                    f"{item!r}",
+                    field="depends_on",
+                )
+            self.after.append(other)
+
+    @property
+    def depends_on(self) -> list[Step]:
+        return list(self.after)
+
+    @depends_on.setter
+    def depends_on(self, value: Any) -> None:
+        raise AttributeError("use add_depends_on([...]) to add dependencies to a step")
+
+    def references(self) -> list[DelayedReturn]:
+        """The ``DelayedReturn``s this step receives (data dependencies on their steps)."""
+        return references([*self.arguments, *self._param_values()])
+
+    def branches(self) -> list[Step]:
+        """Steps that run after this one and belong to its pipeline (a condition's)."""
+        return []
+
+    def branch_names(self) -> dict[str, list[str]]:
+        return {}
+
     def reads(self) -> list[PipelineData | InputData]:
         """The data this step reads: its inputs, and data in its arguments that it does not
         write."""
@@ -120,7 +169,7 @@ class Step:
     def _param_values(self) -> list[Any]:
         return []
 
-    def job_spec(self, resolve: Resolver) -> JobSpec:
+    def job_spec(self, resolve: Resolver, context: StepContext | None = None) -> JobSpec:
         raise NotImplementedError
 
     def _finish(self, spec: JobSpec, resolve: Resolver, variables: dict[str, str]) -> JobSpec:
@@ -186,7 +235,7 @@ class PythonScriptStep(Step):
     def _param_values(self) -> list[Any]:
         return list(self.params.values())
 
-    def job_spec(self, resolve: Resolver) -> JobSpec:
+    def job_spec(self, resolve: Resolver, context: StepContext | None = None) -> JobSpec:
         config = self.runconfig
         environment = config.environment
         estimator = Estimator(
@@ -241,7 +290,7 @@ class EstimatorStep(Step):
         )  # fmt: skip
         self.estimator = estimator
 
-    def job_spec(self, resolve: Resolver) -> JobSpec:
+    def job_spec(self, resolve: Resolver, context: StepContext | None = None) -> JobSpec:
         spec = self.estimator.job_spec
         arguments = (*spec.arguments, *(str(resolve(value)) for value in self.arguments))
         return self._finish(spec.model_copy(update={"arguments": arguments}), resolve, {})

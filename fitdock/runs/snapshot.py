@@ -5,7 +5,8 @@ Ignore files are read in every folder. In a folder, ``.amlignore`` lines come af
 ``.gitignore`` lines and ``.fitdockignore`` lines last, so ``!data/small.csv`` in a later
 one brings back a file an earlier one ignores. (Azure ML reads ``.amlignore`` *instead of*
 ``.gitignore`` when a folder has both; fitdock honours both.) ``.git/``, ``__pycache__/``
-and ``.fitdock/`` are never copied. ``runs/contenthash.py`` hashes exactly these files.
+and ``.fitdock/`` are never copied, nor fitdock's home folder where it lies inside.
+``runs/contenthash.py`` hashes exactly these files.
 
 How files are placed, and why
 -----------------------------
@@ -48,6 +49,7 @@ import pathspec
 
 from fitdock._units import human_size
 from fitdock.errors import SnapshotError
+from fitdock.shared import fitdock_home
 
 IGNORE_FILES = (".gitignore", ".amlignore", ".fitdockignore")
 ALWAYS_IGNORED = {".git", "__pycache__", ".fitdock"}
@@ -103,12 +105,21 @@ def scan(root: Path | str, *, ignore_files: bool = True) -> Found:
     rules apply; the always-ignored folders are left out either way. A folder that cannot
     be listed is skipped, as ``os.walk`` does."""
     found: Found = []
-    _scan(os.fspath(root), "", [], ignore_files, found)
+    top = os.fspath(root)
+    home = os.path.abspath(fitdock_home())  # never fitdock's own files, wherever they are
+    inside = os.path.relpath(home, os.path.abspath(top))
+    skip = "" if inside.startswith("..") or inside == "." else inside + "/"
+    _scan(top, "", [], ignore_files, found, skip)
     return found
 
 
 def _scan(
-    top: str, rel: str, specs: list[tuple[str, pathspec.PathSpec]], use: bool, found: Found
+    top: str,
+    rel: str,
+    specs: list[tuple[str, pathspec.PathSpec]],
+    use: bool,
+    found: Found,
+    skip: str = "",
 ) -> None:
     here = os.path.join(top, rel) if rel else top
     try:
@@ -123,7 +134,8 @@ def _scan(
     for entry in entries:
         path = rel + entry.name
         if entry.is_dir():
-            if not entry.is_symlink() and entry.name not in ALWAYS_IGNORED:
+            own = skip and path + "/" == skip
+            if not entry.is_symlink() and entry.name not in ALWAYS_IGNORED and not own:
                 folders.append(path)
         elif entry.is_file() and not (specs and _ignored(specs, path, False)):
             try:
@@ -132,7 +144,7 @@ def _scan(
                 continue
     for path in folders:
         if not (specs and _ignored(specs, path, True)):
-            _scan(top, path + "/", specs, use, found)
+            _scan(top, path + "/", specs, use, found, skip)
 
 
 def collect(source: Path) -> list[tuple[Path, int]]:
