@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from fitdock import Chainer, Horovod, Mpi, PyTorch, RunStatus
+from fitdock.pipelines import PipelineRun
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
 
 
 def chainer_fit(epochs: int, ranks: int, **kwargs: object):  # type: ignore[no-untyped-def]
@@ -135,3 +141,80 @@ def test_pipeline_example_trains_on_two_ranks_then_reuses_every_step() -> None:
     reused = {step.name: step.reused_from for step in second.get_steps()}
     assert reused == {name: step.id for name, step in steps.items()}
     assert "reused from" in second.explain("train")
+
+
+STEPS = EXAMPLES / "pipeline_steps"
+
+
+def in_steps_example(home: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGV`` in examples/pipeline_steps, as its README says, with the test's own
+    FITDOCK_HOME."""
+    env = {
+        **os.environ,
+        "FITDOCK_HOME": str(home),
+        "PYTHONPATH": str(ROOT),  # this checkout's fitdock
+        "PYTHONDONTWRITEBYTECODE": "1",  # leave no __pycache__ in the example folder
+    }
+    return subprocess.run(
+        [sys.executable, *argv], cwd=STEPS, env=env, capture_output=True, text=True,
+        timeout=120, check=False,
+    )  # fmt: skip
+
+
+def printed_run(done: subprocess.CompletedProcess[str]) -> PipelineRun:
+    """The pipeline run whose id the command printed ("pipeline run ID ...")."""
+    match = re.search(r"^pipeline run (\S+)", done.stdout, re.MULTILINE)
+    assert match, done.stdout + done.stderr
+    return PipelineRun(match.group(1))
+
+
+def test_pipeline_steps_example_registers_the_model(fitdock_home: Path) -> None:
+    done = in_steps_example(fitdock_home, "pipeline.py")
+    run = printed_run(done)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert run.status is RunStatus.COMPLETED, run.error
+    states = run.record.steps
+    assert states["check_rmse"].outcome is False  # rmse < threshold: the else branch
+    assert states["register"].status is RunStatus.COMPLETED
+    assert states["rmse_too_high"].status is RunStatus.SKIPPED
+    rmse = run.result("evaluate")["rmse"]
+    assert isinstance(rmse, float) and 0.0 < rmse < 0.5
+    assert f"rmse: {rmse}" in done.stdout
+    registered = Path(run.result("register"))
+    assert f"registered: {registered}" in done.stdout
+    saved = json.loads(registered.read_text())
+    assert saved["rmse"] == rmse and len(saved["weights"]) == 3
+    # the two independent leaves ran at the same time
+    first, second = run.result("process1"), run.result("process2")
+    assert min(first["ended"], second["ended"]) > max(first["started"], second["started"])
+    # the function got the local path of the PipelineData that the script step wrote
+    scored = run.result("score_holdout")
+    assert Path(scored["path"]) == run.get_output_data("holdout") / "holdout.csv"
+    assert scored["columns"] == ["x0", "x1", "x2", "y"] and scored["rows"] == 50
+    assert isinstance(scored["rmse"], float)
+
+
+def test_pipeline_steps_example_fails_over_the_threshold(fitdock_home: Path) -> None:
+    done = in_steps_example(fitdock_home, "pipeline.py", "--threshold", "0.05")
+    run = printed_run(done)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert run.status is RunStatus.FAILED
+    rmse = run.result("evaluate")["rmse"]
+    message = f"rmse {rmse} is over 0.05"  # the FailStep's Join
+    assert run.error == {"step": "rmse_too_high", "message": message}
+    assert f"pipeline failed: {message}" in done.stdout
+    states = run.record.steps
+    assert states["rmse_too_high"].status is RunStatus.FAILED
+    assert states["register"].status is RunStatus.SKIPPED
+
+
+def test_pipeline_steps_example_through_the_cli(fitdock_home: Path) -> None:
+    cli = ("-m", "fitdock.cli", "pipeline")
+    done = in_steps_example(fitdock_home, *cli, "run", "pipeline.py", "--param", "samples=400")
+    assert done.returncode == 0, done.stdout + done.stderr
+    run = printed_run(done)
+    assert run.record.parameters == {"samples": 400, "threshold": 0.5}
+    assert run.record.steps["register"].status is RunStatus.COMPLETED
+    shown = in_steps_example(fitdock_home, *cli, "result", run.id, "evaluate")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == run.result("evaluate")

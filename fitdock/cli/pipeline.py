@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import re
@@ -17,7 +18,7 @@ import runpy
 import sys
 import textwrap
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,15 +108,17 @@ def cmd_run(ns: argparse.Namespace) -> int:
         raise FitdockError(f"--max-concurrency must be at least 1, not {ns.max_concurrency}")
     parameters = parse_params(ns.param)
     label, pipeline = load_pipeline(ns.target)
-    if ns.dry_run:
-        print(dry_run_text(label, pipeline, parameters, ns.force, ns.regenerate_outputs))
-        return 0
-    run = pipeline.submit(
-        experiment_name=ns.experiment, pipeline_parameters=parameters,
-        continue_on_step_failure=ns.continue_on_step_failure,
-        regenerate_outputs=ns.regenerate_outputs, max_concurrency=ns.max_concurrency,
-        force=ns.force,
-    )  # fmt: skip
+    # From the file's folder, as it was loaded: @step functions take it as their workspace.
+    with _inside(Path(_split_target(ns.target)[0]).expanduser().resolve().parent):
+        if ns.dry_run:
+            print(dry_run_text(label, pipeline, parameters, ns.force, ns.regenerate_outputs))
+            return 0
+        run = pipeline.submit(
+            experiment_name=ns.experiment, pipeline_parameters=parameters,
+            continue_on_step_failure=ns.continue_on_step_failure,
+            regenerate_outputs=ns.regenerate_outputs, max_concurrency=ns.max_concurrency,
+            force=ns.force,
+        )  # fmt: skip
     print(f"pipeline run {run.id} ({label})", flush=True)
     record = run.wait_for_completion(show_output=True, raise_on_error=False)
     print(draw(record))
@@ -131,7 +134,7 @@ def load_pipeline(target: str) -> tuple[str, Pipeline]:
     from fitdock.pipelines import Pipeline
 
     text, name = _split_target(target)
-    path = Path(text).expanduser()
+    path = Path(text).expanduser().resolve()
     if not path.is_file():
         raise FitdockError(f"pipeline file {path} not found")
     namespace = _run_file(path)
@@ -173,6 +176,16 @@ class _Submitted(Exception):
     def __init__(self, pipeline: Any) -> None:
         super().__init__("submitted")
         self.pipeline = pipeline
+
+
+@contextlib.contextmanager
+def _inside(folder: Path) -> Iterator[None]:
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(here)
 
 
 def _run_file(path: Path) -> dict[str, Any]:

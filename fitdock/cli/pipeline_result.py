@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from fitdock.pipelines import PipelineRun
 
+
 def print_result(run: PipelineRun, step: str) -> int:
     """Print the result of ``step`` (a step of ``run``) as JSON: 0; 1 when it has none or
     it is not JSON data, with the reason on stderr."""

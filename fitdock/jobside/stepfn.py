@@ -1,5 +1,6 @@
 """The job-side runner of a ``@step`` function (copied into the step's build folder as
-``fitdock_step.py``, beside ``fitdock_payload.py`` and a copy of cloudpickle).
+``fitdock_step.py``, beside ``fitdock_payload.py``; a copy of the submitter's
+cloudpickle is at ``$FITDOCK_STEP_VENDOR`` and comes first on ``sys.path``).
 
 Under the step's own interpreter, wherever it runs: it verifies the signed ``function``
 and ``arguments`` payloads before unpickling anything, refuses a Python other than the
@@ -7,7 +8,8 @@ submitter's (cloudpickle cannot cross versions), runs the pre-execution commands
 the pipeline's workspace on ``sys.path``, replaces the references in the arguments by
 the upstream results (verified too) and data paths, calls the function, and writes its
 return value signed to ``$FITDOCK_OUTPUT_DIR/.step-results/results`` (with a JSON copy
-when it has one). Standard library only, plus cloudpickle.
+when it has one). Standard library only, plus cloudpickle, which ``pickle`` imports only
+for payloads that need it (a function pickled by value; a result plain pickle refuses).
 
 Variables it reads (paths and names only; the key itself travels in no variable):
 ``FITDOCK_STEP_KEY`` (the key file), ``FITDOCK_STEP_WORKSPACE``, ``FITDOCK_STEP_REFS``
@@ -19,8 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
-import subprocess
+import pickle
 import sys
 from pathlib import Path
 
@@ -59,17 +60,17 @@ def main() -> None:
     workspace = env.get("FITDOCK_STEP_WORKSPACE")
     if workspace:
         sys.path.insert(1, workspace)
-    sys.path.append(str(here / "_vendor"))  # cloudpickle, when the interpreter has none
-    import cloudpickle
-
-    func = cloudpickle.loads(function)
-    args, kwargs = cloudpickle.loads(arguments)
-    refs = _Refs(json.loads(env.get("FITDOCK_STEP_REFS") or "{}"), key, cloudpickle)
+    vendor = env.get("FITDOCK_STEP_VENDOR")
+    if vendor:  # the submitter's cloudpickle, first: payloads load with the version that made them
+        sys.path.insert(1, vendor)
+    func = pickle.loads(function)
+    args, kwargs = pickle.loads(arguments)
+    refs = _Refs(json.loads(env.get("FITDOCK_STEP_REFS") or "{}"), key)
     data = json.loads(env.get("FITDOCK_STEP_DATA") or "{}")
     args = [_resolve(value, refs, data) for value in args]
     kwargs = {name: _resolve(value, refs, data) for name, value in kwargs.items()}
     result = func(*args, **kwargs)
-    _write_results(Path(env["FITDOCK_OUTPUT_DIR"]) / RESULTS, result, key, cloudpickle)
+    _write_results(Path(env["FITDOCK_OUTPUT_DIR"]) / RESULTS, result, key)
 
 
 def _pre_execution(here: Path, header: dict) -> None:
@@ -81,11 +82,18 @@ def _pre_execution(here: Path, header: dict) -> None:
         if hashlib.sha256(script.read_bytes()).hexdigest() != header["pre_script_sha256"]:
             refuse(f"{script} does not match its signed digest")
         _run(["sh", str(script)])
-    for command in json.loads(header.get("pre_commands") or "[]"):
-        _run(shlex.split(command))
+    commands = json.loads(header.get("pre_commands") or "[]")
+    if commands:
+        import shlex
+
+        for command in commands:
+            _run(shlex.split(command))
 
 
 def _run(argv: list) -> None:
+    import shlex
+    import subprocess
+
     print(f"fitdock step: pre-execution: {shlex.join(argv)}", file=sys.stderr, flush=True)
     done = subprocess.run(argv, check=False)
     if done.returncode != 0:
@@ -96,8 +104,8 @@ def _run(argv: list) -> None:
 class _Refs:
     """Upstream results, each verified and unpickled once."""
 
-    def __init__(self, folders: dict, key: bytes, cloudpickle: object) -> None:
-        self.folders, self.key, self.cloudpickle = folders, key, cloudpickle
+    def __init__(self, folders: dict, key: bytes) -> None:
+        self.folders, self.key = folders, key
         self.loaded: dict = {}
 
     def value(self, step: str, path: list) -> object:
@@ -106,7 +114,7 @@ class _Refs:
                 _, body = payload.read(Path(self.folders[step]) / "results", "results", self.key)
             except (payload.PayloadError, KeyError) as exc:
                 refuse(f"the result of step {step!r}: {exc}")
-            self.loaded[step] = self.cloudpickle.loads(body)  # type: ignore[attr-defined]
+            self.loaded[step] = pickle.loads(body)
         value = self.loaded[step]
         for part in path:
             value = value[part]
@@ -127,7 +135,7 @@ def _resolve(value: object, refs: _Refs, data: dict) -> object:
     return value
 
 
-def _write_results(folder: Path, result: object, key: bytes, cloudpickle: object) -> None:
+def _write_results(folder: Path, result: object, key: bytes) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     meta = {}
     try:
@@ -137,7 +145,12 @@ def _write_results(folder: Path, result: object, key: bytes, cloudpickle: object
     if text is not None:
         (folder / "results.json").write_text(text)
         meta["json_sha256"] = hashlib.sha256(text.encode()).hexdigest()
-    body = cloudpickle.dumps(result, protocol=5)  # type: ignore[attr-defined]
+    try:  # plain pickle when it can (no cloudpickle import), else by value
+        body = pickle.dumps(result, protocol=5)
+    except (pickle.PicklingError, TypeError, AttributeError):
+        import cloudpickle
+
+        body = cloudpickle.dumps(result, protocol=5)
     payload.write(folder / "results", "results", body, key, meta)
 
 

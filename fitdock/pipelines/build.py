@@ -12,8 +12,9 @@
     definition.json                     what ``create()``/``upsert()`` stored
 
 Every build stores the payloads afresh under a new timestamp. The build folder also holds
-the job-side runner and a copy of cloudpickle, so the step runs in any interpreter of the
-submitter's Python version (a venv of its own, an image).
+the job-side runner; a copy of cloudpickle (once per version, in ``cache/step-vendor/``)
+is on the step's path, so the step runs in any interpreter of the submitter's Python
+version (a venv of its own, an image).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import shutil
 import sys
@@ -147,8 +149,22 @@ def write_build(
         shutil.copyfile(options.dependencies, folder / "dependencies")
     shutil.copyfile(stepfn.__file__, folder / RUNNER)
     shutil.copyfile(payload.__file__, folder / "fitdock_payload.py")
-    vendor = Path(cloudpickle.__file__).parent
-    shutil.copytree(vendor, folder / "_vendor" / "cloudpickle", ignore=_no_cache)
+    return folder
+
+
+def vendor() -> Path:
+    """A copy of this cloudpickle, once per version, for step interpreters without one:
+    ``$FITDOCK_HOME/cache/step-vendor/<version>/cloudpickle``."""
+    folder = fitdock_home() / "cache" / "step-vendor" / cloudpickle.__version__
+    if not (folder / "cloudpickle").is_dir():
+        partial = folder.with_name(f".{folder.name}.{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        source = Path(cloudpickle.__file__).parent
+        shutil.copytree(source, partial / "cloudpickle", ignore=_no_cache)
+        try:
+            partial.rename(folder)
+        except OSError:  # another submission made it meanwhile
+            shutil.rmtree(partial, ignore_errors=True)
     return folder
 
 
@@ -183,8 +199,9 @@ def context(build: Path, space: Path, refs: dict[str, str], data: dict[str, str]
         "FITDOCK_STEP_WORKSPACE": str(space),
         "FITDOCK_STEP_REFS": json.dumps(refs, sort_keys=True),
         "FITDOCK_STEP_DATA": json.dumps(data, sort_keys=True),
+        "FITDOCK_STEP_VENDOR": str(vendor()),
     }
-    inputs = {"fitdock_key": key, "fitdock_workspace": space}
+    inputs = {"fitdock_key": key, "fitdock_workspace": space, "fitdock_vendor": vendor()}
     inputs.update({f"fitdock_result_{i}": Path(path) for i, path in enumerate(refs.values())})
     return StepContext(build=build, variables=variables, inputs=inputs)
 

@@ -109,8 +109,9 @@ class PipelineRun:
             name = state.name
             now = (state.status, state.explain)
             if state.status is not RunStatus.NOT_STARTED and seen.get(name) != now:
+                told = name in seen and seen[name][1] == state.explain  # said once is enough
                 seen[name] = now
-                why = f" ({state.explain})" if state.explain else ""
+                why = f" ({state.explain})" if state.explain and not told else ""
                 print(f"fitdock: step {name}: {state.status.value}{why}", flush=True)
 
     def get_steps(self) -> builtins.list[StepRun]:
