@@ -4,7 +4,8 @@
     ├── SpecError                     bad user input, found before anything is created
     │   │ (also a ValueError)         .field names the offending argument
     │   ├── PipelineValidationError   a pipeline that cannot run; .problems lists them all
-    │   └── ConditionError            values a condition cannot compare; .condition, .values
+    │   ├── ConditionError            values a condition cannot compare; .condition, .values
+    │   └── ScriptBundleError         a script bundle (zip) refused before extraction; .entry
     ├── NotAvailableError             asked for something this installation cannot do yet
     ├── SnapshotError                 source directory missing, or over the size/file limits
     ├── EnvironmentResolutionError    unknown framework version, unknown catalogue entry
@@ -15,6 +16,10 @@
     ├── SlurmError                    Slurm refused a request (its own message)
     ├── MpiMismatchError              no launcher of the MPI that the job's libraries load
     │                                 .launchers, .libraries (found before any rank starts)
+    ├── ScriptError                   an azureml_main script raised, or returned what cannot
+    │                                 be a DataFrame; .line, .exception, .traceback (Azure's shape)
+    ├── SandboxError                  the sandbox asked for cannot be had (strict), or it
+    │                                 stopped the script (memory); .missing
     ├── PayloadError                  a signed step payload was refused (missing, truncated,
     │                                 changed, foreign key, loose key permissions); .path
     ├── StepResultError               result() of a step that has none; .step, .status
@@ -120,6 +125,43 @@ class MpiMismatchError(FitdockError):
         super().__init__(message)
         self.launchers = tuple(launchers)
         self.libraries = tuple(libraries)
+
+
+class ScriptBundleError(SpecError):
+    """A script bundle was refused before anything was written: an entry with ``..``, an
+    absolute path, a link or a device, too many entries, too large, or too compressed."""
+
+    def __init__(self, message: str, *, entry: str | None = None) -> None:
+        super().__init__(message, field="script_bundle")
+        self.entry = entry
+
+
+class ScriptError(FitdockError):
+    """An ``azureml_main`` script failed. The message is Azure's: "Got exception when
+    invoking script at line N in function azureml_main: 'ValueError: ...'";
+    ``.traceback`` holds the user's frames only."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        line: int | None = None,
+        exception: str | None = None,
+        traceback: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.line = line
+        self.exception = exception
+        self.traceback = traceback
+
+
+class SandboxError(FitdockError):
+    """``sandbox="strict"`` without full isolation here (``.missing`` says what), or the
+    sandbox stopped the script (its memory limit)."""
+
+    def __init__(self, message: str, *, missing: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.missing = list(missing)
 
 
 class PayloadError(FitdockError):

@@ -4,7 +4,8 @@
 # OpenSSH's server and client (tests/netns.py starts a private sshd per fake host; the
 # package's own sshd service is never started: see policy-rc.d below); plus what
 # scripts/build-horovod.sh needs to build Horovod (libopenmpi-dev, cmake, g++, make); and
-# Slurm with munge and PMIx (the package's own daemons are not started either); xfsprogs.
+# Slurm with munge and PMIx (the package's own daemons are not started either); xfsprogs;
+# bubblewrap (the sandbox of Execute Python Script runs).
 # Installs with apt-get when run as root on Debian/Ubuntu; otherwise says what is missing
 # and leaves it to you (the tests that need it then skip, or fail with CI=true).
 set -euo pipefail
@@ -35,6 +36,9 @@ ls /usr/lib/*/libpmix.so.2 >/dev/null 2>&1 || missing+=(libpmix2)
 # xfsprogs: tests/test_snapshot.py makes a private XFS image (loop-mounted) to prove that
 # snapshots clone files where the filesystem has reflinks.
 [[ -x /usr/sbin/mkfs.xfs ]] || missing+=(xfsprogs)
+# bubblewrap: fitdock/script/sandbox.py runs azureml_main scripts under bwrap (read-only
+# file system but the working folder, no network); tests/test_script_sandbox.py uses it.
+command -v bwrap >/dev/null || missing+=(bubblewrap)
 if ((${#missing[@]} == 0)); then
     echo "install-system: nothing to install"
     exit 0

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fitdock import Chainer, Horovod, Mpi, PyTorch, RunStatus
+from fitdock import Chainer, Horovod, Mpi, PyTorch, Run, RunStatus
 from fitdock.pipelines import PipelineRun
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -218,3 +218,102 @@ def test_pipeline_steps_example_through_the_cli(fitdock_home: Path) -> None:
     shown = in_steps_example(fitdock_home, *cli, "result", run.id, "evaluate")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout) == run.result("evaluate")
+
+
+SCRIPT = EXAMPLES / "execute_python_script"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def in_script_example(
+    home: Path, *argv: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """``python ARGV`` in examples/execute_python_script, with the test's FITDOCK_HOME."""
+    env = {
+        **os.environ,
+        "FITDOCK_HOME": str(home),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
+    done = subprocess.run(
+        [sys.executable, *argv], cwd=SCRIPT, env=env, capture_output=True, text=True,
+        timeout=timeout, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_execute_python_script_example_imports_the_bundle(fitdock_home: Path) -> None:
+    done = in_script_example(fitdock_home, "run_hello.py", "--here")
+    rows = [line.split() for line in done.stdout.splitlines()]
+    assert rows == [
+        ["name", "greeting"],
+        ["World", "Hello,", "World!"],
+        ["fitdock", "Hello,", "fitdock!"],
+    ]
+    (run,) = Run.list()
+    assert run.status is RunStatus.COMPLETED
+    assert "Hello, World!" in (run.log_dir / "rank_0.stdout.log").read_text()
+
+
+def test_execute_python_script_example_saves_the_scatter_matrix(fitdock_home: Path) -> None:
+    done = in_script_example(fitdock_home, "run_scatter_matrix.py", "--here")
+    images = [
+        Path(line[len("image: ") :]) for line in done.stdout.splitlines() if "image: " in line
+    ]
+    assert [image.name for image in images] == ["00_scatter_matrix.png"]
+    (run,) = Run.list()
+    assert images[0].parent == run.output_dir / "images"
+    assert images[0].read_bytes()[:8] == PNG_SIGNATURE
+    assert images[0].stat().st_size > 10_000  # 5 x 5 panels of points, not an empty figure
+    header = done.stdout.splitlines()[0].split()
+    assert header == [
+        "column",
+        "sepal_length",
+        "sepal_width",
+        "petal_length",
+        "petal_width",
+        "noise",
+    ]
+
+
+def test_execute_python_script_example_pipeline(fitdock_home: Path) -> None:
+    done = in_script_example(fitdock_home, "pipeline.py", "--here")
+    run = printed_run(done)
+    assert run.status is RunStatus.COMPLETED, run.error
+    summary = {"rows": 10, "columns": ["x", "y", "z"], "z_sum": 770.0, "z_mean": 77.0}
+    assert run.result("summarize") == summary
+    assert f"summary: {json.dumps(summary)}" in done.stdout
+    kinds = {entry["StepName"]: entry["StepType"] for entry in run.list_steps()}
+    assert kinds == {
+        "make_table": "python_script",
+        "add_column": "execute_python_script",
+        "summarize": "function",
+    }
+    table = (run.get_output_data("table") / "table.csv").read_text().splitlines()
+    assert table[:2] == ["x,y", "1,2"] and len(table) == 11
+    assert (run.get_output_data("with_z") / "data.parquet").read_bytes()[:4] == b"PAR1"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_execute_python_script_example_feature_importance_in_the_curated_env(
+    fitdock_home: Path,
+) -> None:
+    """The one example run in the curated environment: it builds the venv from PyPI (uv's
+    cache makes later builds quick) and fits the forest with its scikit-learn."""
+    import pandas as pd
+
+    done = in_script_example(fitdock_home, "run_feature_importance.py", timeout=850)
+    match = re.search(r"^run: (\S+)$", done.stdout, re.MULTILINE)
+    assert match, done.stdout
+    run = Run(match.group(1))
+    assert run.status is RunStatus.COMPLETED, run.error
+    assert Path(run.record["argv"][0]).is_relative_to(fitdock_home / "envs")  # not this python
+    importances = pd.read_parquet(run.output_dir / "output1.parquet", use_threads=False)
+    assert sorted(importances["feature"]) == sorted(
+        ["sepal_length", "sepal_width", "petal_length", "petal_width", "noise"]
+    )
+    assert importances["importance"].sum() == pytest.approx(1.0)
+    assert set(importances["feature"][:2]) == {"petal_length", "petal_width"}
+    assert importances["feature"].iloc[-1] == "noise"
+    assert "training accuracy:" in done.stdout

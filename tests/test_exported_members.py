@@ -138,7 +138,8 @@ def test_module_level_imports_are_declared_dependencies() -> None:
 
 
 PIPELINES_ALL = [
-    "CacheConfig", "ConditionStep", "DelayedReturn", "EstimatorStep", "Experiment",
+    "CacheConfig", "ConditionStep", "DelayedReturn", "EstimatorStep", "ExecutePythonScriptStep",
+    "Experiment",
     "FailStep", "FunctionStep", "InputData", "Join", "ParameterBoolean", "ParameterFloat",
     "ParameterInteger", "ParameterString", "Pipeline", "PipelineData", "PipelineParameter",
     "PipelineRun", "PythonScriptStep", "RunConfiguration", "StepRun", "StepSequence",

@@ -2,9 +2,9 @@
 
 One module per command group, each with ``add(subparsers)`` registering its parser
 and handlers: :mod:`~fitdock.cli.run`, :mod:`~fitdock.cli.runs`, :mod:`~fitdock.cli.env`,
-:mod:`~fitdock.cli.images` and :mod:`~fitdock.cli.pipeline`; :mod:`~fitdock.cli.table`
-prints their tables. Handlers import what they use when they run, so ``fitdock --help``
-stays fast.
+:mod:`~fitdock.cli.images`, :mod:`~fitdock.cli.pipeline` and :mod:`~fitdock.cli.script`;
+:mod:`~fitdock.cli.table` prints their tables. Handlers import what they use when they
+run, so ``fitdock --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from fitdock.cli import env, images, pipeline, run, runs
+from fitdock.cli import env, images, pipeline, run, runs, script
 from fitdock.errors import FitdockError
 
 __all__ = ["main"]
@@ -27,6 +27,7 @@ EPILOG = """examples:
   fitdock env build chainer-7.8.1-cpu && fitdock env list --cached
   fitdock images build chainer-7.8.1-cpu --base local/debian:bookworm
   fitdock pipeline run examples/pipeline_azure/pipeline.py && fitdock pipeline list
+  fitdock script run clean.py --input data.csv --output-dir out/
 """
 
 
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (run, runs, env, images, pipeline):
+    for group in (run, runs, env, images, pipeline, script):
         group.add(subparsers)
     return parser
 

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from fitdock.environments.spec import DockerSection, Environment, Platform, PythonSection
 from fitdock.errors import EnvironmentResolutionError
 
-Framework = Literal["chainer", "pytorch", "none"]
+Framework = Literal["chainer", "pytorch", "none", "script"]
 
 
 class CatalogueRow(BaseModel):

@@ -186,7 +186,12 @@ class Run:
         error = record.get("error")
         if error:
             lines.append(f"  error: {error.get('message')}")
+        for tag, value in sorted((record.get("tags") or {}).items()):
+            lines.append(f"  {tag}: {value}")
         lines.append(f"  outputs: {self._dir.outputs}")
+        images = self._dir.outputs / "images"  # what a script saved as PNG
+        if images.is_dir():
+            lines += [f"  image: {path}" for path in sorted(images.glob("*.png"))]
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -24,6 +24,7 @@ from fitdock.pipelines.parameters import (
 from fitdock.pipelines.pipeline import Pipeline
 from fitdock.pipelines.preview import preview
 from fitdock.pipelines.run import PipelineRun, StepRun
+from fitdock.pipelines.script_step import ExecutePythonScriptStep
 from fitdock.pipelines.steps import EstimatorStep, PythonScriptStep, RunConfiguration, StepSequence
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "ConditionStep",
     "DelayedReturn",
     "EstimatorStep",
+    "ExecutePythonScriptStep",
     "Experiment",
     "FailStep",
     "FunctionStep",

@@ -209,6 +209,7 @@ class RunRecord(BaseModel):
     reaper_pid: int | None = None
     slurm: ScheduledJob | None = None
     cancel_requested: bool = False
+    tags: dict[str, str] = Field(default_factory=dict)  # e.g. the sandbox a script had
 
     def as_json(self) -> dict[str, Any]:
         """The record as ``run.json`` holds it (and ``Run.record`` returns it)."""
