@@ -138,7 +138,7 @@ class ScriptBundleError(SpecError):
 
 class ScriptError(FitdockError):
     """An ``azureml_main`` script failed. The message is Azure's: "Got exception when
-    invoking script at line N in function azureml_main: 'ValueError: ...'";
+    invoking script at line N in function azureml_main: 'ValueError: ...'.";
     ``.traceback`` holds the user's frames only."""
 
     def __init__(

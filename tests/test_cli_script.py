@@ -100,7 +100,7 @@ def test_a_failing_script_exits_1_with_azures_message(
     assert code == 1
     assert (
         "fitdock script: Got exception when invoking script at line 4 in function azureml_main: "
-        "'ZeroDivisionError: division by zero'"
+        "'ZeroDivisionError: division by zero'."
     ) in err
     assert "Traceback (most recent call last):" in err
     assert 'script.py", line 4, in azureml_main' in err
@@ -174,6 +174,56 @@ def test_serve_passes_its_options_on(
     ]  # fmt: skip
 
 
+def test_serve_takes_the_token_from_the_variable_when_no_token_is_given(
+    fake_serve: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("FITDOCK_SERVE_TOKEN", "from-the-variable\n")
+    assert fitdock(capsys, "script", "serve", "score.py")[0] == 0
+    assert fitdock(capsys, "script", "serve", "score.py", "--token", "given")[0] == 0
+    assert [call["token"] for call in fake_serve] == ["from-the-variable", "given"]
+    monkeypatch.setenv("FITDOCK_SERVE_TOKEN", " ")
+    code, _, err = fitdock(capsys, "script", "serve", "score.py")
+    assert code == 2 and "FITDOCK_SERVE_TOKEN is set but empty" in err
+    assert len(fake_serve) == 2
+
+
+def test_serve_takes_the_token_from_the_first_line_of_a_token_file(
+    fake_serve: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("FITDOCK_SERVE_TOKEN", "from-the-variable")  # the file is asked for
+    path = tmp_path / "token"
+    path.write_text("  s3cret \nsecond line\n")
+    path.chmod(0o600)
+    assert fitdock(capsys, "script", "serve", "score.py", "--token-file", str(path))[0] == 0
+    assert fake_serve[0]["token"] == "s3cret"
+    with pytest.raises(SystemExit) as caught:  # one or the other
+        main(["script", "serve", "score.py", "--token", "t", "--token-file", str(path)])
+    assert caught.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620])
+def test_serve_refuses_a_token_file_others_may_read(
+    fake_serve: list[dict[str, Any]],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    mode: int,
+) -> None:
+    path = tmp_path / "token"
+    path.write_text("s3cret\n")
+    path.chmod(mode)
+    code, _, err = fitdock(capsys, "script", "serve", "score.py", "--token-file", str(path))
+    assert code == 2
+    assert err.startswith("fitdock: error: ")
+    assert f"others may read or change the token (mode {mode:o}): run `chmod 600 {path}`" in err
+    assert "s3cret" not in err and fake_serve == []
+
+
 def test_serve_of_a_script_that_cannot_load_exits_1(
     fake_serve: list[dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -197,7 +247,8 @@ def test_serve_of_a_script_that_cannot_load_exits_1(
         (
             ["script", "serve", "--help"],
             ["SCRIPT.py", "--bundle ZIP", "--host HOST", "--port PORT", "--workers N",
-             "--token TOKEN", "--timeout S", "--sandbox", "POST /score", "examples:"],
+             "--token TOKEN", "--token-file PATH", "FITDOCK_SERVE_TOKEN", "--timeout S",
+             "--sandbox", "POST /score", "examples:"],
         ),
     ],
     ids=["fitdock", "script", "run", "serve"],

@@ -203,7 +203,7 @@ def test_an_exception_has_azures_message_and_the_users_traceback_only() -> None:
     error = caught.value
     assert str(error) == (
         "Got exception when invoking script at line 5 in function azureml_main: "
-        "'ValueError: bad value 7'"
+        "'ValueError: bad value 7'."
     )
     assert (error.line, error.exception) == (5, "ValueError")
     assert error.traceback.startswith("Traceback (most recent call last):")

@@ -30,6 +30,7 @@ import uvicorn
 from helpers import pid_alive, wait_until
 
 from fitdock.errors import ScriptError, SpecError
+from fitdock.script.handle import worker_environment
 from fitdock.script.serve import create_app, is_loopback, serve
 
 pytestmark = pytest.mark.timeout(60)
@@ -218,7 +219,7 @@ def test_script_exception_is_500_and_the_service_keeps_serving(client: httpx.Cli
     assert got.status_code == 500
     assert got.json() == {
         "detail": f"Got exception when invoking script at line {RAISE_LINE} in function "
-        "azureml_main: 'ValueError: bad value in row 0'",
+        "azureml_main: 'ValueError: bad value in row 0'.",
         "exception": "ValueError",
         "line": RAISE_LINE,
     }
@@ -507,9 +508,20 @@ def test_bad_arguments_are_refused_before_anything_starts(tmp_path: Path) -> Non
         create_app(tmp_path / "missing.py")
 
 
+def test_the_workers_do_not_get_the_token_variable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("FITDOCK_SERVE_TOKEN", "s3cret")
+    env = worker_environment(tmp_path)
+    assert "FITDOCK_SERVE_TOKEN" not in env and "s3cret" not in env.values()
+    assert env["PATH"] == os.environ["PATH"] and env["MPLBACKEND"] == "Agg"
+    assert env["MPLCONFIGDIR"] == env["XDG_CACHE_HOME"] == str(tmp_path / ".cache")
+
+
 def test_importing_fitdock_does_not_import_the_server() -> None:
     code = (
         "import sys, fitdock, fitdock.cli, fitdock.script, fitdock.script.worker\n"
+        "import fitdock.script.pool, fitdock.script.handle, fitdock.script.protocol\n"
         "print(sorted(m for m in ('fastapi', 'uvicorn', 'pandas') if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -134,9 +134,9 @@ def load_pipeline(target: str) -> tuple[str, Pipeline]:
     from fitdock.pipelines import Pipeline
 
     text, name = _split_target(target)
+    if not Path(text).expanduser().is_file():
+        raise FitdockError(f"pipeline file {text} not found")
     path = Path(text).expanduser().resolve()
-    if not path.is_file():
-        raise FitdockError(f"pipeline file {path} not found")
     namespace = _run_file(path)
     found: dict[int, list[str]] = {}
     for key, value in namespace.items():

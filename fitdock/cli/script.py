@@ -3,18 +3,22 @@
 ``run`` calls :func:`fitdock.script.api.execute_python_script` once and prints each output
 DataFrame (shape and first rows), the images and the run id; ``--output-dir`` copies them
 out. ``serve`` starts :func:`fitdock.script.serve.serve`, a scoring service calling the
-script per request. pandas and the server are imported when a handler runs.
+script per request; its token comes from ``--token``, ``--token-file`` or the variable
+``FITDOCK_SERVE_TOKEN``. pandas and the server are imported when a handler runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 from fitdock.errors import FitdockError, RunFailedError, SandboxError, ScriptError, SpecError
+from fitdock.script.protocol import TOKEN_VARIABLE
 
 SCRIPT_HELP = """Azure ML Studio's Execute Python Script module: a script defining
 azureml_main(dataframe1=None, dataframe2=None) gets up to two DataFrames (fresh 0..n-1
@@ -50,15 +54,18 @@ POST /score with {"dataframe1": [row, ...], "dataframe2": [...]} (or Azure class
 {"Inputs": {"input1": [...]}}) calls azureml_main and answers {"Results": {"output1":
 [row, ...], ...}}; GET /health shows the workers. Requests run in --workers warm worker
 processes, each sandboxed and limited to --timeout seconds (504 past it). It listens on
-127.0.0.1; another --host needs a --token, which every request then sends as
-"Authorization: Bearer TOKEN". Needs the serve extra: pip install 'fitdock[serve]'."""
+127.0.0.1; a --host other than loopback needs a token, which every request then sends as
+"Authorization: Bearer TOKEN". Give the token in the variable FITDOCK_SERVE_TOKEN or in
+--token-file (mode 600): --token works too, but other local users see it (ps). Needs the
+serve extra: pip install 'fitdock[serve]'."""
 
 SERVE_EPILOG = """examples:
   fitdock script serve score.py
   fitdock script serve score.py --bundle model.zip --port 9000 --workers 4 --timeout 30
-  fitdock script serve score.py --host 0.0.0.0 --token "$(openssl rand -hex 16)"
   curl -s localhost:8080/score -H 'Content-Type: application/json' \\
       -d '{"dataframe1": [{"a": 1}, {"a": 2}]}'
+  (umask 077; openssl rand -hex 16 > ~/.score-token)    # a token only you may read
+  fitdock script serve score.py --host 0.0.0.0 --token-file ~/.score-token
 """
 
 SANDBOX_HELP = (
@@ -120,14 +127,25 @@ def _add_serve(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     serve.add_argument(
         "--bundle", type=Path, metavar="ZIP", help='a zip extracted to "Script Bundle", on sys.path'
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    serve.add_argument(
+        "--host", default="127.0.0.1",
+        help="address to listen on (127.0.0.1); one other than loopback needs a token",
+    )  # fmt: skip
     serve.add_argument("--port", type=int, default=8080, help="port to listen on (8080)")
     serve.add_argument(
         "--workers", type=int, default=2, metavar="N", help="processes calling the script (2)"
     )
-    serve.add_argument(
-        "--token", metavar="TOKEN", help='require "Authorization: Bearer TOKEN" on requests'
-    )
+    token = serve.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token", metavar="TOKEN",
+        help='require "Authorization: Bearer TOKEN" on requests (default: the variable '
+        f"{TOKEN_VARIABLE}); other local users see --token (ps): prefer the variable or "
+        "--token-file",
+    )  # fmt: skip
+    token.add_argument(
+        "--token-file", type=Path, metavar="PATH",
+        help="the token is the first line of PATH, a file only you may read (mode 600)",
+    )  # fmt: skip
     _add_common(serve, timeout=30)
     serve.set_defaults(func=cmd_serve)
 
@@ -236,9 +254,48 @@ def cmd_serve(ns: argparse.Namespace) -> int:
     try:
         serve(
             ns.script, bundle=ns.bundle, host=ns.host, port=ns.port, workers=ns.workers,
-            token=ns.token, timeout=ns.timeout, sandbox=ns.sandbox,
+            token=_serve_token(ns), timeout=ns.timeout, sandbox=ns.sandbox,
         )  # fmt: skip
     except ScriptError as exc:  # the script cannot load: nothing listens
         _print_script_error(exc)
         return 1
     return 0
+
+
+def _serve_token(ns: argparse.Namespace) -> str | None:
+    """The token: ``--token``, else the first line of ``--token-file``, else the variable
+    FITDOCK_SERVE_TOKEN; None for none."""
+    if ns.token is not None:
+        return str(ns.token)
+    if ns.token_file is not None:
+        return _read_token_file(ns.token_file)
+    token = os.environ.get(TOKEN_VARIABLE)
+    if token is not None and not token.strip():
+        raise SpecError(f"{TOKEN_VARIABLE} is set but empty: unset it for no token", field="token")
+    return token.strip() if token is not None else None
+
+
+def _read_token_file(path: Path) -> str:
+    """The first line of ``path``, stripped; refused when others may read the file."""
+    try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):
+            raise SpecError(f"--token-file {path} is not a regular file", field="token")
+        if info.st_mode & 0o077:
+            mode = oct(stat.S_IMODE(info.st_mode))[2:]
+            raise SpecError(
+                f"--token-file {path}: others may read or change the token (mode {mode}): run "
+                f"`chmod 600 {path}`",
+                field="token",
+            )
+        with path.open(encoding="utf-8") as handle:
+            token = handle.readline().strip()
+    except OSError as exc:
+        raise SpecError(
+            f"cannot read --token-file {path}: {exc.strerror or exc}", field="token"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"--token-file {path} is not text (UTF-8)", field="token") from exc
+    if not token:
+        raise SpecError(f"--token-file {path}: its first line is empty", field="token")
+    return token

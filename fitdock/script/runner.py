@@ -10,6 +10,10 @@ Inside (``--inner``): read the inputs as DataFrames, load the script, check that
 ``azureml_main`` exists and takes no more inputs than it is given, call it, convert and
 write its outputs; on an exception write Azure's message and the user's own frames to
 ``error.json`` in the working folder.
+
+The serve workers (:mod:`fitdock.script.worker`) load and call a script the same way,
+through the small public surface here: :func:`needed_paths`, :func:`entry_point`,
+:func:`arity`, :class:`Refused` and :func:`azure_error`.
 """
 
 from __future__ import annotations
@@ -91,7 +95,8 @@ def outer(ns: argparse.Namespace) -> int:
         # Agg: figures are files; caches in the working folder (the home is read-only)
         cache = str(workdir / ".cache")
         env = {**os.environ, "MPLBACKEND": "Agg", "MPLCONFIGDIR": cache, "XDG_CACHE_HOME": cache}
-        wrapped = wrap(argv, isolation, workdir, readable=_needed(ns))
+        readable = needed_paths(Path(ns.script), [Path(p) for p in ns.input])
+        wrapped = wrap(argv, isolation, workdir, readable=readable)
         child = subprocess.Popen(wrapped, cwd=workdir, env=env)
         watch = MemoryWatch(child.pid, ns.memory_mb) if ns.memory_mb else None
         if watch is not None:
@@ -114,13 +119,13 @@ def outer(ns: argparse.Namespace) -> int:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _needed(ns: argparse.Namespace) -> list[Path]:
-    """What the inner side reads: its interpreter's environment, fitdock, the script and
-    the inputs (bound back where the sandbox's private /tmp would hide them)."""
+def needed_paths(script: Path, inputs: list[Path]) -> list[Path]:
+    """What the inner side reads: its interpreter's environment, fitdock, the script's
+    folder and the inputs (bound back where the sandbox's private /tmp would hide them)."""
     import fitdock
 
     paths = [Path(sys.prefix), Path(sys.base_prefix), Path(fitdock.__file__).parent.parent]
-    paths += [Path(ns.script).resolve().parent, *(Path(p).resolve() for p in ns.input)]
+    paths += [script.resolve().parent, *(path.resolve() for path in inputs)]
     return [*paths, *(Path(p) for p in sys.path if p and Path(p).is_dir())]
 
 
@@ -184,18 +189,18 @@ def inner(ns: argparse.Namespace, workdir: Path) -> int:
         code = compile(script.read_text(), str(script), "exec")
         frames = [convert.read_input(_table(Path(path))) for path in ns.input]
         exec(code, namespace)
-        entry = _entry(namespace, len(frames))
-        result = entry(*frames[: _arity(entry)])
+        entry = entry_point(namespace, len(frames))
+        result = entry(*frames[: arity(entry)])
         for number, frame in enumerate(convert.to_frames(result), start=1):
             convert.write_output(convert.normalize(frame), out, number, csv=ns.csv)
-    except _Refused as exc:
+    except Refused as exc:
         _write_error(out, {"message": str(exc), "exception": "ValueError", "line": None})
         return 1
     except ScriptError as exc:  # what it returned cannot be a DataFrame
         _write_error(out, {"message": str(exc), "exception": exc.exception, "line": None})
         return 1
     except Exception as exc:
-        _write_error(out, _azure_error(exc, str(script)))
+        _write_error(out, azure_error(exc, str(script)))
         return 1
     return 0
 
@@ -206,40 +211,44 @@ def _table(path: Path) -> Path:
         return path
     tables = sorted(p for p in path.iterdir() if p.suffix.lower() in (".parquet", ".csv", ".tsv"))
     if len(tables) != 1:
-        raise _Refused(f"input folder {path} holds {len(tables)} tables; one was expected")
+        raise Refused(f"input folder {path} holds {len(tables)} tables; one was expected")
     return tables[0]
 
 
-class _Refused(Exception):
+class Refused(Exception):
     """The script cannot be called: no azureml_main, or it needs more inputs."""
 
 
-def _entry(namespace: dict[str, Any], inputs: int) -> Any:
+def entry_point(namespace: dict[str, Any], inputs: int) -> Any:
+    """The script's ``azureml_main`` (from the namespace it ran in), callable with
+    ``inputs`` DataFrames; :class:`Refused` when there is none or it needs more."""
     entry = namespace.get("azureml_main")
     if not callable(entry):
-        raise _Refused("the script defines no function azureml_main(dataframe1, dataframe2)")
+        raise Refused("the script defines no function azureml_main(dataframe1, dataframe2)")
     required = [
         p
         for p in inspect.signature(entry).parameters.values()
         if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
     ]
     if len(required) > inputs:
-        raise _Refused(
+        raise Refused(
             f"azureml_main needs {len(required)} input(s) "
             f"({', '.join(p.name for p in required)}) but {inputs} were given"
         )
     return entry
 
 
-def _arity(entry: Any) -> int:
+def arity(entry: Any) -> int:
+    """How many inputs ``entry`` takes (2 with ``*args``): it is called with that many."""
     params = inspect.signature(entry).parameters.values()
     if any(p.kind is p.VAR_POSITIONAL for p in params):
         return 2
     return sum(1 for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
 
 
-def _azure_error(exc: BaseException, script: str) -> dict[str, Any]:
-    """Azure's message, and the traceback with the user's frames only."""
+def azure_error(exc: BaseException, script: str) -> dict[str, Any]:
+    """Azure's message (ending with a period, as Azure's does), the exception's name, the
+    line in ``script`` and the traceback with the user's frames only."""
     frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == script]
     line = frames[-1].lineno if frames else None
     what = f"{type(exc).__name__}: {exc}"
@@ -247,7 +256,7 @@ def _azure_error(exc: BaseException, script: str) -> dict[str, Any]:
     text += "".join(traceback.format_exception_only(type(exc), exc))
     where = f"at line {line} " if line else ""
     return {
-        "message": f"Got exception when invoking script {where}in function azureml_main: '{what}'",
+        "message": f"Got exception when invoking script {where}in function azureml_main: '{what}'.",
         "exception": type(exc).__name__,
         "line": line,
         "traceback": text,

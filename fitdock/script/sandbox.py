@@ -22,6 +22,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -150,7 +151,11 @@ def wrap(
     work = str(Path(workdir).resolve())
     binds = [work] + [str(Path(path).resolve()) for path in writable]
     command = [*_BWRAP_ROOT, "--tmpfs", "/tmp"]
-    for path in sorted({str(Path(p).resolve()) for p in readable}):
+    # The interpreter that runs inside, and this one's environment, wherever they lie.
+    own = [Path(sys.prefix), Path(sys.base_prefix)]
+    if argv and os.path.isabs(argv[0]):
+        own += [Path(argv[0]).parent, Path(argv[0]).resolve().parent]
+    for path in sorted({str(Path(p).resolve()) for p in [*readable, *own]}):
         if path == "/tmp" or path.startswith("/tmp/"):  # elsewhere / is bound already
             command += ["--ro-bind", path, path]
     for path in binds:

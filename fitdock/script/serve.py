@@ -1,5 +1,6 @@
 """``fitdock script serve``: an ``azureml_main`` script as a scoring web service (FastAPI,
-served by uvicorn), the seed's published experiment.
+served by uvicorn), the seed's published experiment: the app, its routes and
+:func:`serve`.
 
     POST /score          {"dataframe1": [row, ...], "dataframe2": [...]}, or Azure classic's
                          {"Inputs": {"input1": [...], "input2": [...]}, "GlobalParameters": {}}
@@ -9,12 +10,14 @@ served by uvicorn), the seed's published experiment.
 
 A row is a JSON object ``{column: value}``; values are strings, numbers, booleans or null.
 The tables given are the script's inputs in order (the first to ``dataframe1``). Each
-request runs in one of ``workers`` warm worker processes (:mod:`fitdock.script.worker`),
+request runs in one of ``workers`` warm worker processes (:mod:`fitdock.script.pool`),
 sandboxed as ``sandbox`` asks, within ``timeout`` seconds. Answers: 200; 401 without the
 token (when one is set: every path asks for ``Authorization: Bearer TOKEN``); 413 for a
 body over ``max_body_bytes``; 422 for malformed JSON or rows, naming the problem; 500 when
 the script raised (Azure's message) or its worker died; 503 when no worker was free within
 ``timeout``; 504 when the script ran past ``timeout`` (its worker is killed and replaced).
+The bodies are :mod:`fitdock.script.models`; the token and size checks
+:mod:`fitdock.script.guard`.
 
 FastAPI and uvicorn (the ``serve`` extra) are imported when an app is made.
 """
@@ -23,21 +26,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import ipaddress
 import json
 import socket
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-from pydantic import BaseModel, BeforeValidator, ConfigDict, model_validator
+from typing import TYPE_CHECKING, Any
 
 from fitdock.errors import NotAvailableError, ScriptError, SpecError
 from fitdock.script.bundle import check_bundle
+from fitdock.script.guard import Guard
+from fitdock.script.handle import WorkerSpec
+from fitdock.script.models import ErrorResponse, ScoreRequest, ScoreResponse
+from fitdock.script.pool import WorkerPool
+from fitdock.script.protocol import TOKEN_VARIABLE, Answer, Outcome
 from fitdock.script.sandbox import choose
-from fitdock.script.worker import Answer, Outcome, WorkerPool, WorkerSpec
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -46,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["MAX_BODY_BYTES", "create_app", "is_loopback", "serve"]
 
 MAX_BODY_BYTES = 10 * 1024 * 1024
-DRAIN_BYTES = 64 * 1024 * 1024  # an oversized body is read (and dropped) up to this, then 413
 STATUS = {
     Outcome.OK: 200,
     Outcome.SCRIPT_ERROR: 500,
@@ -54,86 +57,6 @@ STATUS = {
     Outcome.BUSY: 503,
     Outcome.TIMED_OUT: 504,
 }
-UNAUTHORIZED = "missing or wrong bearer token: send the header 'Authorization: Bearer TOKEN'"
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-
-
-# ------------------------------------------------------------------ the request
-def _kind(value: Any) -> str:
-    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean"}
-    return "null" if value is None else names.get(type(value), "a number")
-
-
-def _check_rows(value: Any) -> Any:
-    """A table: a list of JSON objects whose values are scalars (one clear error)."""
-    if not isinstance(value, list):
-        raise ValueError(f"a table is a list of rows {{column: value}}, not {_kind(value)}")
-    for number, row in enumerate(value):
-        if not isinstance(row, dict):
-            raise ValueError(f"row {number} is {_kind(row)}, not an object {{column: value}}")
-        for column, cell in row.items():
-            if cell is not None and not isinstance(cell, (str, int, float)):
-                raise ValueError(
-                    f"row {number}, column {column!r}: {_kind(cell)} is not a value; values "
-                    "are strings, numbers, booleans or null"
-                )
-    return value
-
-
-Rows = Annotated[list[dict[str, Any]], BeforeValidator(_check_rows)]
-
-
-class AzureInputs(BaseModel):
-    """Azure classic's ``Inputs``: ``input1`` is ``dataframe1``, ``input2`` ``dataframe2``."""
-
-    model_config = ConfigDict(extra="forbid")
-    input1: Rows | None = None
-    input2: Rows | None = None
-
-
-class ScoreRequest(BaseModel):
-    """Either ``dataframe1``/``dataframe2`` or Azure classic's ``Inputs``, not both."""
-
-    model_config = ConfigDict(extra="forbid")
-    dataframe1: Rows | None = None
-    dataframe2: Rows | None = None
-    Inputs: AzureInputs | None = None
-    GlobalParameters: dict[str, Any] | None = None
-
-    @model_validator(mode="after")
-    def _one_shape(self) -> ScoreRequest:
-        if self.Inputs is not None and (self.dataframe1 is not None or self.dataframe2 is not None):
-            raise ValueError("give dataframe1/dataframe2 or Azure's Inputs, not both")
-        if self.GlobalParameters:
-            names = ", ".join(sorted(self.GlobalParameters))
-            raise ValueError(
-                f"GlobalParameters {names}: this service has no global parameters "
-                "(send {} or leave it out)"
-            )
-        return self
-
-    def tables(self) -> list[list[dict[str, Any]]]:
-        """The tables given, in order: the first is azureml_main's first input."""
-        both = (self.Inputs.input1, self.Inputs.input2) if self.Inputs else None
-        return [t for t in both or (self.dataframe1, self.dataframe2) if t is not None]
-
-
-class Results(BaseModel):
-    output1: list[dict[str, Any]]
-    output2: list[dict[str, Any]]
-
-
-class ScoreResponse(BaseModel):
-    Results: Results
-
-
-class ErrorResponse(BaseModel):
-    detail: str
-    exception: str | None = None
-    line: int | None = None
 
 
 # ------------------------------------------------------------------ the app
@@ -182,7 +105,7 @@ def create_app(
     app.add_exception_handler(RequestValidationError, _invalid)
     app.state.pool = pool
     app.state.sandbox = {"isolation": isolation.value, "warnings": warnings}
-    app.add_middleware(_Guard, token=token, max_body_bytes=max_body_bytes)
+    app.add_middleware(Guard, token=token, max_body_bytes=max_body_bytes)
     errors: dict[int | str, dict[str, Any]] = {
         code: {"model": ErrorResponse} for code in (401, 413, 415, 500, 503, 504)
     }
@@ -286,100 +209,6 @@ def _positive(name: str, value: Any, *, integer: bool = False) -> None:
         raise SpecError(f"{name} must be {what}, not {value!r}", field=name)
 
 
-# ------------------------------------------------------------------ token and size
-class _Guard:
-    """ASGI middleware, before FastAPI reads anything: the bearer token (401), a JSON body
-    (415), the body's size (413: by Content-Length, and by counting what arrives)."""
-
-    def __init__(self, app: Any, *, token: str | None, max_body_bytes: int) -> None:
-        self.app = app
-        self.token = token.encode() if token is not None else None
-        self.limit = max_body_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = dict(scope["headers"])  # lower-case names; the last of a repeated one
-        refused = self._refuse(scope["method"], headers)
-        if refused is None:
-            declared = headers.get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > DRAIN_BYTES:
-                refused = self._too_large()  # not worth reading: the connection closes
-            else:
-                body = await _read(receive, self.limit)
-                refused = self._too_large() if body is None else None
-        if refused is not None:
-            status, detail, extra = refused
-            await _send(send, status, {"detail": detail}, extra)
-            return
-        given = False
-
-        async def replay() -> Message:
-            nonlocal given
-            if given:
-                return await receive()
-            given = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    def _refuse(self, method: str, headers: dict[bytes, bytes]) -> _Refusal | None:
-        if self.token is not None:
-            scheme, _, value = headers.get(b"authorization", b"").partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(value.strip(), self.token):
-                return 401, UNAUTHORIZED, [(b"www-authenticate", b"Bearer")]
-        kind = headers.get(b"content-type", b"application/json").split(b";")[0].strip().lower()
-        if method == "POST" and kind != b"application/json" and not kind.endswith(b"+json"):
-            what = kind.decode(errors="replace")
-            return (
-                415,
-                f"send the body as JSON, with 'Content-Type: application/json', not {what!r}",
-                [],
-            )
-        return None
-
-    def _too_large(self) -> _Refusal:
-        detail = f"the request body is over the limit of {self.limit:,} bytes"
-        return 413, detail, [(b"connection", b"close")]
-
-
-_Refusal = tuple[int, str, list[tuple[bytes, bytes]]]
-
-
-async def _read(receive: Receive, limit: int) -> bytes | None:
-    """The whole body, or None when it is over ``limit`` bytes; an oversized body is read
-    to its end (up to ``DRAIN_BYTES``) so that the client gets to read the answer."""
-    chunks: list[bytes] = []
-    size = 0
-    while size <= DRAIN_BYTES:
-        message = await receive()
-        if message["type"] != "http.request":  # the client went away
-            return None
-        size += len(message.get("body", b""))
-        if size <= limit:
-            chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks) if size <= limit else None
-
-
-async def _send(send: Send, status: int, content: dict[str, Any], headers: list[Any]) -> None:
-    body = json.dumps(content).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
 # ------------------------------------------------------------------ serving
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is this machine only: ``localhost``, 127.0.0.0/8 or ``::1``."""
@@ -422,8 +251,9 @@ def serve(
     )
     if token is None and not is_loopback(host):
         raise SpecError(
-            f"host {host!r} is reachable from other machines: give a token (--token) that "
-            "requests must send as 'Authorization: Bearer TOKEN', or listen on 127.0.0.1",
+            f"host {host!r} is reachable from other machines: give a token (the variable "
+            f"{TOKEN_VARIABLE}, --token-file or --token) that requests must send as "
+            "'Authorization: Bearer TOKEN', or listen on 127.0.0.1",
             field="host",
         )
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
