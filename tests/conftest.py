@@ -205,3 +205,60 @@ def slurm(slurm_cluster: Any) -> Iterator[Any]:
     slurm_cluster.wait_idle()
     yield slurm_cluster
     slurm_cluster.run("scancel", "--user", "root")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared by the @step, script and sandbox tests
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A small working folder to run from: @step pipelines copy the working folder."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    return folder
+
+
+@pytest.fixture
+def bwrap() -> None:
+    """bubblewrap, or a skip (a failure with CI=true: install-system.sh installs it)."""
+    if shutil.which("bwrap") is None:
+        reason = "bubblewrap is not installed (scripts/install-system.sh installs it)"
+        if os.environ.get("CI", "").strip().lower() == "true":
+            pytest.fail(f"{reason}; CI=true, so this fails instead of skipping")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def loopback_server() -> Iterator[int]:
+    """A TCP server on the host's loopback that accepts and closes connections; its port."""
+    import contextlib
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def accept() -> None:
+        while not done.is_set():
+            with contextlib.suppress(OSError):
+                server.accept()[0].close()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    done.set()
+    thread.join()
+    server.close()
+
+
+@pytest.fixture
+def outside() -> Iterator[Path]:
+    """A host folder on the root file system, not under /tmp (which a sandbox hides)."""
+    import tempfile
+
+    base = next(b for b in ("/var/tmp", str(Path.home()), os.getcwd()) if os.access(b, os.W_OK))
+    path = Path(tempfile.mkdtemp(prefix="fitdock-outside-", dir=base))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

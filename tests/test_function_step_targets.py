@@ -20,20 +20,13 @@ from fitdock.pipelines import ConditionStep, FailStep, Pipeline, step
 from fitdock.pipelines.build import signing_key
 from fitdock.pipelines.conditions import ConditionEquals
 
+pytestmark = pytest.mark.usefixtures("workspace")  # run from a small folder
+
 VENV = "/opt/fitdock/venv"  # where fitdock's images keep their Python
 BASE = "local/debian:bookworm"  # no registry is reachable: the curated base is replaced
 # the image of tests/test_docker_runs.py: one image serves both
 IMAGE_ENV = Environment(python=PythonSection(pip_packages=["numpy<2", "mpi4py", "mpich"]))
 OURS = f"{sys.version_info[0]}.{sys.version_info[1]}"
-
-
-@pytest.fixture(autouse=True)
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """@step pipelines copy the working folder: give each test a small one."""
-    folder = tmp_path / "work"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    return folder
 
 
 def finished(pipeline: Pipeline) -> Any:

@@ -43,14 +43,7 @@ from fitdock.pipelines.conditions import (
     ConditionOr,
 )
 
-
-@pytest.fixture(autouse=True)
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """@step pipelines copy the working folder: give each test a small one."""
-    folder = tmp_path / "work"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    return folder
+pytestmark = pytest.mark.usefixtures("workspace")  # run from a small folder
 
 
 @step

@@ -9,12 +9,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -31,15 +29,6 @@ PYTHON = sys.executable
 
 
 @pytest.fixture
-def bwrap() -> None:
-    if shutil.which("bwrap") is None:
-        reason = "bubblewrap is not installed (scripts/install-system.sh installs it)"
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(f"{reason}; CI=true, so this fails instead of skipping")
-        pytest.skip(reason)
-
-
-@pytest.fixture
 def netns() -> None:
     if os.geteuid() != 0:
         pytest.skip("a network namespace (unshare --net) needs root")
@@ -50,40 +39,6 @@ def fresh_probe() -> Iterator[None]:
     sandbox.clear_probe_cache()
     yield
     sandbox.clear_probe_cache()
-
-
-@pytest.fixture
-def outside() -> Iterator[Path]:
-    """A host folder on the root file system, neither the working folder nor under /tmp."""
-    base = next(b for b in ("/var/tmp", str(Path.home()), os.getcwd()) if os.access(b, os.W_OK))
-    path = Path(tempfile.mkdtemp(prefix="fitdock-sandbox-", dir=base))
-    yield path
-    shutil.rmtree(path)
-
-
-@pytest.fixture
-def server() -> Iterator[int]:
-    """A TCP server on the host's loopback; yields its port."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(8)
-    listener.settimeout(0.2)
-    done = threading.Event()
-
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                conn, _ = listener.accept()
-            except (TimeoutError, OSError):
-                continue
-            conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield listener.getsockname()[1]
-    done.set()
-    thread.join()
-    listener.close()
 
 
 def run(code: str, isolation: Isolation, workdir: Path) -> str:
@@ -129,14 +84,17 @@ def test_wrap_builds_argv_lists(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 # Network
 # ---------------------------------------------------------------------------------------------
-def test_bubblewrap_has_no_network(bwrap: None, server: int, tmp_path: Path) -> None:
-    assert connect(Isolation.NONE, tmp_path, server) == "connected"
-    assert connect(Isolation.BUBBLEWRAP, tmp_path, server) in {"ECONNREFUSED", "ENETUNREACH"}
+def test_bubblewrap_has_no_network(bwrap: None, loopback_server: int, tmp_path: Path) -> None:
+    assert connect(Isolation.NONE, tmp_path, loopback_server) == "connected"
+    assert connect(Isolation.BUBBLEWRAP, tmp_path, loopback_server) in {
+        "ECONNREFUSED",
+        "ENETUNREACH",
+    }
 
 
-def test_netns_has_no_network(netns: None, server: int, tmp_path: Path) -> None:
-    assert connect(Isolation.NONE, tmp_path, server) == "connected"
-    assert connect(Isolation.NETNS, tmp_path, server) in {"ECONNREFUSED", "ENETUNREACH"}
+def test_netns_has_no_network(netns: None, loopback_server: int, tmp_path: Path) -> None:
+    assert connect(Isolation.NONE, tmp_path, loopback_server) == "connected"
+    assert connect(Isolation.NETNS, tmp_path, loopback_server) in {"ECONNREFUSED", "ENETUNREACH"}
 
 
 # ---------------------------------------------------------------------------------------------

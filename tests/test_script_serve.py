@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -367,44 +366,15 @@ def test_health_and_openapi(service: tuple[httpx.Client, Any]) -> None:
     assert client.get("/docs").status_code == 200
 
 
-@pytest.fixture
-def bwrap() -> None:
-    if shutil.which("bwrap") is None:
-        reason = "bubblewrap is not installed (scripts/install-system.sh installs it)"
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(f"{reason}; CI=true, so this fails instead of skipping")
-        pytest.skip(reason)
-
-
-@pytest.fixture
-def listener() -> Iterator[int]:
-    """A TCP server on the host's loopback that accepts connections; its port."""
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    done = threading.Event()
-
-    def accept() -> None:
-        while not done.is_set():
-            with contextlib.suppress(OSError):
-                server.accept()[0].close()
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    done.set()
-    thread.join()
-    server.close()
-
-
 def test_workers_are_sandboxed(
-    bwrap: None, listener: int, service: tuple[httpx.Client, Any]
+    bwrap: None, loopback_server: int, service: tuple[httpx.Client, Any]
 ) -> None:
     client, app = service
     if app.state.sandbox["isolation"] != "bubblewrap":
         pytest.skip(f"bubblewrap cannot make namespaces here: {app.state.sandbox['warnings']}")
-    with socket.create_connection(("127.0.0.1", listener), 5):
+    with socket.create_connection(("127.0.0.1", loopback_server), 5):
         pass  # reachable from the host
-    got = score(client, command("connect", port=listener))
+    got = score(client, command("connect", port=loopback_server))
     assert got.status_code == 200, got.text
     assert got.json()["Results"]["output1"][0]["result"] in {"ECONNREFUSED", "ENETUNREACH"}
 

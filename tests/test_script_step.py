@@ -22,6 +22,8 @@ from fitdock.pipelines import (
 )
 from fitdock.script.api import this_interpreter
 
+pytestmark = pytest.mark.usefixtures("workspace")  # run from a small folder
+
 HERE = RunConfiguration(environment=this_interpreter())
 WRITE = """\
 import os, sys
@@ -33,14 +35,6 @@ def azureml_main(dataframe1):
     dataframe1['s'] = dataframe1['a'] * 2
     return dataframe1
 """
-
-
-@pytest.fixture(autouse=True)
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "work"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    return folder
 
 
 @step

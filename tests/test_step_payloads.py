@@ -17,13 +17,7 @@ from fitdock.pipelines import ConditionStep, Pipeline, PythonScriptStep, get_ste
 from fitdock.pipelines.build import signing_key
 from fitdock.pipelines.conditions import ConditionEquals
 
-
-@pytest.fixture(autouse=True)
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    folder = tmp_path / "work"
-    folder.mkdir()
-    monkeypatch.chdir(folder)
-    return folder
+pytestmark = pytest.mark.usefixtures("workspace")  # run from a small folder
 
 
 def slow(folder: Path) -> PythonScriptStep:
