@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 from fitdock._version import __version__
 
 if TYPE_CHECKING:
-    from fitdock.environments.spec import Environment
+    from fitdock.environments.azure import CondaDependencies, Environment
     from fitdock.errors import FitdockError
+    from fitdock.estimators.azure import DockerConfiguration, MpiConfiguration
     from fitdock.estimators.base import Estimator
     from fitdock.estimators.frameworks import Chainer, PyTorch
+    from fitdock.estimators.scriptrun import ScriptRunConfig
     from fitdock.execution.run import Run
     from fitdock.pipelines import (
         EstimatorStep,
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
         RunConfiguration,
         StepSequence,
     )
+    from fitdock.runs.models import Model
     from fitdock.runs.status import RunStatus
     from fitdock.specs.compute import Hosts, Slurm
     from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
@@ -49,7 +52,12 @@ _EXPORTS = {
     "RunConfiguration": "fitdock.pipelines",
     "StepSequence": "fitdock.pipelines",
     "Chainer": "fitdock.estimators.frameworks",
-    "Environment": "fitdock.environments.spec",
+    # From the module that attaches Azure's Environment.get, from_* and clone to it.
+    "Environment": "fitdock.environments.azure",
+    "CondaDependencies": "fitdock.environments.azure",
+    "DockerConfiguration": "fitdock.estimators.azure",
+    "MpiConfiguration": "fitdock.estimators.azure",
+    "ScriptRunConfig": "fitdock.estimators.scriptrun",
     "Estimator": "fitdock.estimators.base",
     "FitdockError": "fitdock.errors",
     "Horovod": "fitdock.specs.distribution",
@@ -57,6 +65,7 @@ _EXPORTS = {
     "Mpi": "fitdock.specs.distribution",
     "PyTorchConfiguration": "fitdock.specs.distribution",
     "PyTorch": "fitdock.estimators.frameworks",
+    "Model": "fitdock.runs.models",
     "Run": "fitdock.execution.run",
     "RunStatus": "fitdock.runs.status",
     "Slurm": "fitdock.specs.compute",
@@ -64,6 +73,8 @@ _EXPORTS = {
 
 __all__ = [
     "Chainer",
+    "CondaDependencies",
+    "DockerConfiguration",
     "Environment",
     "Estimator",
     "EstimatorStep",
@@ -71,7 +82,9 @@ __all__ = [
     "FitdockError",
     "Horovod",
     "Hosts",
+    "Model",
     "Mpi",
+    "MpiConfiguration",
     "Pipeline",
     "PipelineData",
     "PipelineParameter",
@@ -82,6 +95,7 @@ __all__ = [
     "Run",
     "RunConfiguration",
     "RunStatus",
+    "ScriptRunConfig",
     "Slurm",
     "StepSequence",
     "__version__",

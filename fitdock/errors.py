@@ -28,6 +28,9 @@
                                       .run_id, .status, .error (which rank, exit code, stderr tail)
 
 Each message says what to change. Lower-level errors are chained with ``from``.
+
+    UserWarning
+    └── GpuNotFoundWarning            use_gpu=True where no NVIDIA GPU is visible
 """
 
 from __future__ import annotations
@@ -69,6 +72,11 @@ class ConditionError(SpecError):
         super().__init__(message, field="conditions")
         self.condition = condition
         self.values = tuple(values)
+
+
+class GpuNotFoundWarning(UserWarning):
+    """``use_gpu=True`` for ranks on this machine, but it shows no NVIDIA GPU: the job would
+    run on the CPU. The message names what was looked for (driver, ``nvidia-smi``, devices)."""
 
 
 class NotAvailableError(FitdockError):

@@ -68,6 +68,7 @@ def fitdock_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in list(os.environ):
         if name.startswith(("FITDOCK_", "AZUREML_", "SM_")) and name != "FITDOCK_HOME":
             monkeypatch.delenv(name)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # no mirroring unless a test asks
     return home
 
 

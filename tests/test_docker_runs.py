@@ -173,7 +173,7 @@ def test_timeout_then_resume_in_a_container_ends_like_an_uninterrupted_run(sourc
     assert 0 < saved["step"] < STEPS
     resumed = in_docker(source, script="train.py", resume_from=cut, **single).fit()
     assert resumed.status is RunStatus.COMPLETED, resumed.error
-    assert resumed.get_metrics("start_step") == {"start_step": [saved["step"]]}
+    assert resumed.get_metrics("start_step", as_lists=True) == {"start_step": [saved["step"]]}
     final = [json.loads((r.output_dir / "final.json").read_text()) for r in (whole, resumed)]
     assert final[0] == final[1]
     assert not containers(cut.id)

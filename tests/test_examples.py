@@ -132,7 +132,7 @@ def test_pipeline_example_trains_on_two_ranks_then_reuses_every_step() -> None:
         log = (train.log_dir / f"rank_{rank}.stdout.log").read_text()
         assert f"rank {rank} of 2: 800 training samples" in log
     assert len(train.get_metrics()["loss"]) == 2
-    (accuracy,) = steps["evaluate"].get_metrics()["accuracy"]
+    (accuracy,) = steps["evaluate"].get_metrics(as_lists=True)["accuracy"]
     assert accuracy > 0.8
 
     second = submit()

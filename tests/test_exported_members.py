@@ -19,6 +19,8 @@ PACKAGE = ROOT / "fitdock"
 
 EXPECTED_ALL = [
     "Chainer",
+    "CondaDependencies",
+    "DockerConfiguration",
     "Environment",
     "Estimator",
     "EstimatorStep",
@@ -26,7 +28,9 @@ EXPECTED_ALL = [
     "FitdockError",
     "Horovod",
     "Hosts",
+    "Model",
     "Mpi",
+    "MpiConfiguration",
     "Pipeline",
     "PipelineData",
     "PipelineParameter",
@@ -37,6 +41,7 @@ EXPECTED_ALL = [
     "Run",
     "RunConfiguration",
     "RunStatus",
+    "ScriptRunConfig",
     "Slurm",
     "StepSequence",
     "__version__",

@@ -62,7 +62,7 @@ def test_two_ranks_get_their_variables_and_logs(tmp_path: Path) -> None:
     assert "-n" in record["argv"] and record["argv"][record["argv"].index("-n") + 1] == "2"
     assert Path(record["argv"][0]).name in ("mpirun", "mpiexec")
     assert record["env"]["FITDOCK_MPI"]
-    assert run.get_metrics(rank=1) == {"rank_seen": [1]}
+    assert run.get_metrics(rank=1, as_lists=True) == {"rank_seen": [1]}
     assert sorted(run.get_metrics()["rank_seen"]) == [0, 1]
     assert {"logs/rank_0.stdout.log", "logs/rank_1.stdout.log"} <= set(run.get_file_names())
 

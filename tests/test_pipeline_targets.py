@@ -68,7 +68,7 @@ def test_a_slurm_step_feeds_a_docker_step(
     assert write_run.record["target"] == "slurm" and read_run.record["target"] == "docker"
     seen = json.loads((read_run.log_dir / "rank_0.stdout.log").read_text())
     assert seen == {"read": "slurm", "in_docker": True}
-    assert read_run.get_metrics() == {"produced_on": ["slurm"]}
+    assert read_run.get_metrics(as_lists=True) == {"produced_on": ["slurm"]}
     assert write is not None
 
 

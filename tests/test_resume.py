@@ -100,7 +100,7 @@ def test_uninterrupted_run_reaches_the_expected_state(in_cut_home: Cut) -> None:
     full = in_cut_home.full
     assert full.status is RunStatus.COMPLETED, full.error
     assert json.loads((full.output_dir / "final.json").read_text()) == expected_final()
-    assert full.get_metrics("start_step") == {"start_step": [0]}
+    assert full.get_metrics("start_step", as_lists=True) == {"start_step": [0]}
 
 
 def test_deadline_cuts_the_run_mid_way(in_cut_home: Cut) -> None:
@@ -126,7 +126,7 @@ def test_resume_completes_with_the_uninterrupted_state(in_cut_home: Cut, kind: s
     assert resumed.status is RunStatus.COMPLETED, resumed.error
     assert resumed.id != cut.id
     saved = json.loads(in_cut_home.checkpoint)
-    assert resumed.get_metrics("start_step") == {"start_step": [saved["step"]]}
+    assert resumed.get_metrics("start_step", as_lists=True) == {"start_step": [saved["step"]]}
     assert json.loads((resumed.output_dir / "final.json").read_text()) == expected_final()
     assert json.loads((resumed.checkpoint_dir / "state.json").read_text()) == expected_final()
     record = resumed.record["resume"]

@@ -86,4 +86,4 @@ if __name__ == "__main__":
         how = f"reused from {step.reused_from}" if step.reused else "ran"
         print(f"{step.name}: {step.get_status()} ({how})")
     (evaluation,) = run.find_step_run("evaluate")
-    print("accuracy:", evaluation.get_metrics()["accuracy"][-1])
+    print("accuracy:", evaluation.get_metrics()["accuracy"])

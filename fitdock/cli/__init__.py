@@ -2,7 +2,8 @@
 
 One module per command group, each with ``add(subparsers)`` registering its parser
 and handlers: :mod:`~fitdock.cli.run`, :mod:`~fitdock.cli.runs`, :mod:`~fitdock.cli.env`,
-:mod:`~fitdock.cli.images`, :mod:`~fitdock.cli.pipeline` and :mod:`~fitdock.cli.script`;
+:mod:`~fitdock.cli.images`, :mod:`~fitdock.cli.pipeline`, :mod:`~fitdock.cli.script`,
+:mod:`~fitdock.cli.doctor` and :mod:`~fitdock.cli.install`;
 :mod:`~fitdock.cli.table` prints their tables. Handlers import what they use when they
 run, so ``fitdock --help`` stays fast.
 """
@@ -10,9 +11,10 @@ run, so ``fitdock --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from fitdock.cli import env, images, pipeline, run, runs, script
+from fitdock.cli import doctor, env, images, install, pipeline, run, runs, script
 from fitdock.errors import FitdockError
 
 __all__ = ["main"]
@@ -28,6 +30,8 @@ EPILOG = """examples:
   fitdock images build chainer-7.8.1-cpu --base local/debian:bookworm
   fitdock pipeline run examples/pipeline_azure/pipeline.py && fitdock pipeline list
   fitdock script run clean.py --input data.csv --output-dir out/
+  fitdock doctor --require docker,slurm
+  fitdock install chainer
 """
 
 
@@ -39,9 +43,21 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (run, runs, env, images, pipeline, script):
+    for group in (run, runs, env, images, pipeline, script, doctor, install):
         group.add(subparsers)
     return parser
+
+
+def _complete(parser: argparse.ArgumentParser) -> None:
+    """Answer the shell's tab completion and exit, when the shell asks (argcomplete sets
+    _ARGCOMPLETE; `eval "$(register-python-argcomplete fitdock)"` registers it)."""
+    if "_ARGCOMPLETE" not in os.environ:
+        return
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv:  # everything after `--` belongs to the script, never to fitdock
         cut = argv.index("--")
         argv, script_args = argv[:cut], argv[cut + 1 :]
-    ns = _parser().parse_args(argv)
+    parser = _parser()
+    _complete(parser)
+    ns = parser.parse_args(argv)
     ns.script_args = script_args
     try:
         return int(ns.func(ns))

@@ -1,12 +1,34 @@
-"""``fitdock runs list|show|logs|metrics|cancel``: the runs under ``$FITDOCK_HOME``."""
+"""``fitdock runs list|show|logs|metrics|plot|compare|cancel``: the runs under
+``$FITDOCK_HOME``."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from fitdock.cli import runs_mlflow
 from fitdock.cli.table import columns
+
+if TYPE_CHECKING:
+    from fitdock.runs.listing import Filters
+
+Scanned = list[tuple[Path, dict[str, Any]]]
+LIVE = {"Queued", "Preparing", "Running"}  # a supervisor owns these: is it still alive?
+
+LIST_HELP = """One line per run, newest last: status, target, ranks, start, duration, and with
+--metric the last value of that metric (read from the end of the metrics file of the runs
+shown only, so listing stays fast with thousands of runs)."""
+PLOT_HELP = """Metric curves against step: one line per run, and per rank when a run's ranks
+logged separately. In the terminal (plotext), or as a PNG with --out (matplotlib). Needs
+the plot extra: pip install 'fitdock[plot]'."""
+COMPARE_HELP = """What differs between runs: name, status, target, ranks, duration,
+environment hash, git commit, each script parameter, and for each metric its final value
+and its best: the lowest (min) for a name containing loss, error or rmse, else the highest
+(max). Rows that are the same for every run are hidden unless --all."""
 
 
 def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -15,9 +37,10 @@ def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "runs", help="list and inspect runs", description="Runs under $FITDOCK_HOME."
     )
     actions = runs.add_subparsers(dest="runs_command", required=True, metavar="ACTION")
-    listing = actions.add_parser("list", help="one line per run, newest last")
-    listing.add_argument("--limit", type=int, default=20, help="show the newest N (20)")
-    listing.set_defaults(func=cmd_list)
+    _add_list(actions)
+    _add_plot(actions)
+    _add_compare(actions)
+    runs_mlflow.add(actions)
     for name, func, text in (
         ("show", cmd_show, "a run's summary (--json: the whole record)"),
         ("logs", cmd_logs, "a run's logs, tagged by rank"),
@@ -31,26 +54,170 @@ def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
             action.add_argument("--json", action="store_true", help="print run.json")
         if name == "logs":
             action.add_argument(
-                "-f", "--follow", action="store_true", help="follow until the run ends"
+                "-f",
+                "--follow",
+                action="store_true",
+                help="follow until the run ends, under a status line",
             )
+
+
+def _add_list(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    listing = actions.add_parser(
+        "list", help="one line per run, newest last", description=LIST_HELP
+    )
+    listing.add_argument("--limit", type=int, default=20, help="show the newest N (20; 0: all)")
+    listing.add_argument(
+        "--status",
+        action="append",
+        metavar="STATUS",
+        help="only runs in this state: Completed, Failed, Running, ... (repeatable)",
+    )
+    listing.add_argument(
+        "--since", metavar="WHEN", help="runs created since an ISO date or time, or an age: 2h, 3d"
+    )
+    listing.add_argument("--name", metavar="TEXT", help="runs whose name or id contains TEXT")
+    listing.add_argument(
+        "--metric", action="append", metavar="NAME", help="add the last value of metric NAME"
+    )
+    listing.add_argument("--json", action="store_true", help="print a JSON list")
+    listing.set_defaults(func=cmd_list)
+
+
+def _add_plot(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    plot = actions.add_parser("plot", help="metric curves against step", description=PLOT_HELP)
+    plot.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    plot.add_argument(
+        "--metric", action="append", metavar="NAME", help="plot this metric (repeatable; all)"
+    )
+    plot.add_argument("--out", metavar="FILE.png", help="write a PNG instead of drawing here")
+    plot.set_defaults(func=cmd_plot)
+
+
+def _add_compare(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    compare = actions.add_parser(
+        "compare", help="a table of what differs between runs", description=COMPARE_HELP
+    )
+    compare.add_argument("run_ids", nargs="+", metavar="RUN_ID")
+    compare.add_argument("--all", action="store_true", help="show the rows that are the same too")
+    compare.set_defaults(func=cmd_compare)
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
-    from fitdock.execution.run import Run
+    from fitdock.runs import listing
 
-    rows = []
-    for run in Run.list()[-ns.limit :]:
-        record = run.record
-        rows.append(
-            (
-                run.id,
-                record["status"],
-                str(record.get("world_size")),
-                record.get("started_at") or "-",
-                record.get("ended_at") or "-",
-            )
+    filters = listing.Filters(
+        statuses=frozenset(listing.parse_status(s) for s in ns.status or ()),
+        since=listing.parse_since(ns.since) if ns.since else None,
+        name=ns.name,
+    )
+    shown = _newest(listing.scan(), filters, ns.limit)
+    metrics = list(dict.fromkeys(ns.metric or ()))
+    items = [_list_item(path, record, metrics) for path, record in shown]
+    if ns.json:
+        print(json.dumps(items, indent=2))
+        return 0
+    header = ("ID", "STATUS", "TARGET", "RANKS", "STARTED", "DURATION", *metrics)
+    rows = [
+        (
+            item["id"],
+            item["status"],
+            item["target"] or "-",
+            str(item["ranks"] or "-"),
+            _local_time(item["started_at"]),
+            listing.format_duration(item["duration_seconds"]),
+            *(_cell(item["metrics"][name]) for name in metrics),
         )
-    print(columns(("ID", "STATUS", "RANKS", "STARTED", "ENDED"), rows))
+        for item in items
+    ]
+    print(columns(header, rows))
+    return 0
+
+
+def _newest(scanned: Scanned, filters: Filters, limit: int) -> Scanned:
+    """The newest ``limit`` runs that pass ``filters``, oldest first. Only a live-looking
+    record is checked for a lost supervisor (``checked_record``), and only as far back as
+    the listing reaches."""
+    from fitdock.execution.current import checked_record
+    from fitdock.runs import listing
+    from fitdock.runs.status import RunStatus
+    from fitdock.runs.store import RunDir
+
+    shown: Scanned = []
+    for path, record in reversed(scanned):
+        if limit > 0 and len(shown) >= limit:
+            break
+        if record.get("status") in LIVE:
+            try:
+                record = checked_record(RunDir(path)).as_json()
+            except (OSError, ValueError):
+                record = {**record, "status": RunStatus.FAILED.value}
+        if listing.matches(record, filters):
+            shown.append((path, record))
+    return shown[::-1]
+
+
+def _list_item(path: Path, record: dict[str, Any], metrics: list[str]) -> dict[str, Any]:
+    from fitdock.runs import listing
+
+    item = {
+        "id": record.get("id", path.name),
+        "name": record.get("name"),
+        "status": record.get("status"),
+        "target": record.get("target"),
+        "ranks": record.get("world_size"),
+        "created_at": record.get("created_at"),
+        "started_at": record.get("started_at"),
+        "ended_at": record.get("ended_at"),
+        "duration_seconds": listing.duration_seconds(record),
+        "parent_id": record.get("parent_id"),
+    }
+    if metrics:
+        item["metrics"] = {name: listing.last_value(path, name) for name in metrics}
+    return item
+
+
+def _local_time(text: str | None) -> str:
+    from fitdock.runs.listing import parse_time
+
+    when = parse_time(text)
+    return when.astimezone().strftime("%Y-%m-%d %H:%M:%S") if when else "-"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+
+
+def cmd_plot(ns: argparse.Namespace) -> int:
+    from fitdock.runs.plot import plot_runs
+
+    if ns.out:
+        plot_runs(ns.run_ids, ns.metric, out=ns.out)
+        print(f"wrote {ns.out}")
+        return 0
+    print(plot_runs(ns.run_ids, ns.metric, terminal=True, color=sys.stdout.isatty()))
+    return 0
+
+
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from fitdock.execution.current import checked_record
+    from fitdock.runs.compare import RunFacts, compare
+    from fitdock.runs.listing import metric_values
+    from fitdock.runs.store import RunDir
+
+    facts = []
+    for run_id in dict.fromkeys(ns.run_ids):
+        run = RunDir.find(run_id)
+        facts.append(RunFacts(checked_record(run).as_json(), metric_values(run.path)))
+    rows = compare(facts, show_all=ns.all)
+    if not rows:
+        print("no differences (--all shows every row)")
+        return 0
+    header = ("", *(fact.id for fact in facts))
+    print(columns(header, [(row.name, *row.values) for row in rows]))
     return 0
 
 
@@ -64,14 +231,19 @@ def cmd_show(ns: argparse.Namespace) -> int:
 
 def cmd_logs(ns: argparse.Namespace) -> int:
     from fitdock.execution.run import Run
+    from fitdock.execution.status_line import StatusLine
     from fitdock.runs.follow import LogFollower
+    from fitdock.runs.store import RunDir
 
     run = Run(ns.run_id)
-    follower = LogFollower(run.log_dir)
-    while ns.follow and not run.status.is_terminal:
-        follower.pump()
-        time.sleep(0.2)
-    follower.pump(final=True)
+    if not ns.follow:
+        LogFollower(run.log_dir).pump(final=True)
+        return 0
+    with StatusLine(RunDir.find(run.id)) as follower:  # the logs, under a status line
+        while not run.status.is_terminal:
+            follower.pump()
+            time.sleep(0.2)
+        follower.pump(final=True)
     return 0
 
 

@@ -19,7 +19,8 @@ import hashlib
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -27,6 +28,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from fitdock.environments.pins import PinOverride, UserRequirement, merge_pip
 from fitdock.errors import NotAvailableError
+
+if TYPE_CHECKING:
+    from fitdock.environments.azure import CondaDependencies
 
 _SHM_SIZE = re.compile(r"^[1-9][0-9]*[bkmgBKMG]?$")
 _CONDA_SPEC = re.compile(r"^[A-Za-z0-9_.\-]+(::[A-Za-z0-9_.\-]+)?\s*([=<>!~].*)?$")
@@ -99,6 +103,13 @@ class PythonSection(BaseModel):
             raise ValueError(f"python_version must look like '3.11' or '3.11.7', got {value!r}")
         return value
 
+    if TYPE_CHECKING:  # Azure's; defined in and attached by fitdock.environments.azure
+
+        @property
+        def conda_dependencies(self) -> CondaDependencies: ...
+        @conda_dependencies.setter
+        def conda_dependencies(self, value: CondaDependencies) -> None: ...
+
 
 class DockerSection(BaseModel):
     """How the environment runs in Docker (built by the environment builders)."""
@@ -145,6 +156,25 @@ class Environment(BaseModel):
     environment_variables: dict[str, str] = Field(default_factory=dict)
     # Curated pins the user's versioned requirements replaced: a record, not hashed.
     pin_overrides: list[PinOverride] = Field(default_factory=list)
+
+    def __init__(self, name: str | None = None, **data: Any) -> None:
+        """``Environment("name")`` as in Azure, or keywords only."""
+        super().__init__(**data, **({} if name is None else {"name": name}))
+
+    if TYPE_CHECKING:  # Azure's; they read the catalogue (which imports this module), so
+        # fitdock.environments.azure defines them and attaches them (fitdock.Environment).
+
+        @classmethod
+        def get(
+            cls, workspace: Any = None, name: str | None = None, version: str | None = None
+        ) -> Environment: ...
+        @classmethod
+        def from_pip_requirements(
+            cls, name: str, file_path: str | Path, pip_version: str | None = None
+        ) -> Environment: ...
+        @classmethod
+        def from_conda_specification(cls, name: str, file_path: str | Path) -> Environment: ...
+        def clone(self, new_name: str) -> Environment: ...
 
     @field_validator("environment_variables", mode="before")
     @classmethod

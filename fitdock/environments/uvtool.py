@@ -94,7 +94,8 @@ def version_of(python: Path) -> str:
 # uv
 # ---------------------------------------------------------------------------------------------
 def uv_binary() -> str:
-    """The uv of the ``uv`` package (the ``venv`` extra), else the one on PATH."""
+    """The uv of the ``uv`` package (a dependency of fitdock: its binary lies beside this
+    interpreter, found whether or not that folder is on PATH), else the one on PATH."""
     with contextlib.suppress(ImportError, FileNotFoundError):
         from uv import find_uv_bin
 
@@ -102,7 +103,9 @@ def uv_binary() -> str:
     found = shutil.which("uv")
     if found is None:
         raise NotAvailableError(
-            "building local environments needs uv: pip install 'fitdock[venv]', or put uv on PATH"
+            "building local environments needs uv, a dependency of fitdock that is missing "
+            f"here: `{sys.executable} -m pip install uv`, or put uv on PATH (or pass "
+            "user_managed=True to run in this interpreter as it is)"
         )
     return found
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from fitdock._version import __version__
 from fitdock.distributions import mpijob
 from fitdock.errors import RunNotFoundError, SpecError
+from fitdock.execution.gpu import RANKS_HERE, warn_if_no_gpu
 from fitdock.execution.run import Run
 from fitdock.execution.supervisor import Supervisor
 from fitdock.jobside.common import copy_read_only, remove_tree
@@ -59,12 +60,16 @@ def submit(
     run_id: str | None = None,
     parent_id: str | None = None,
     output_folders: tuple[str, ...] = (),
+    tags: dict[str, str] | None = None,
 ) -> Run:
     """Check, create the run, plan, and start its supervisor. A pipeline gives the run's
     id (chosen before, so that later steps know where its outputs will be), its own id
-    as ``parent_id``, and the folders under ``outputs/`` that its data lands in."""
+    as ``parent_id``, and the folders under ``outputs/`` that its data lands in.
+    ``tags`` (``Experiment.submit``'s) are in the record from its first write."""
     target = target_for(spec)
     target.check(spec)
+    if spec.use_gpu and target.name in RANKS_HERE:
+        warn_if_no_gpu()  # else the job runs on the CPU without a word
     source = resolve_resume(spec.resume_from)
     run = RunDir(runs_root() / (run_id or new_run_id(spec.name)))
     run.path.mkdir(parents=True)
@@ -95,6 +100,7 @@ def submit(
         plan = target.plan(spec, run, resume_dir)
         record = _initial_record(spec, run, plan, summary, source, resume_dir, shipped)
         record.parent_id = parent_id
+        record.tags = dict(tags or {})
         run.write(record)
     except BaseException:
         lock.release()

@@ -8,7 +8,8 @@ It prepares the target's environment and plans again in it, then either runs the
 *attempts* itself, or, for a target whose scheduler runs them (Slurm), follows the job
 (``scheduled.follow``). After each attempt of its own, ``decide`` says whether to start
 another (``max_restarts``); the next resumes from the run's latest checkpoint, and the
-logs of the earlier one move to ``logs/attempt-<n>/``.
+logs of the earlier one move to ``logs/attempt-<n>/``. With MLflow tracking on, a mirror
+thread (``tracking``) sends the run to MLflow as it goes; the end waits for it, bounded.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from fitdock.errors import FitdockError, MpiMismatchError
-from fitdock.execution import scheduled
+from fitdock.execution import scheduled, tracking
 from fitdock.execution.judge import AttemptResult, first_failure, judge
 from fitdock.jobside.common import Decision, Outcome, archive_logs, copy_checkpoint, decide
 from fitdock.runs.record import AttemptRecord, ErrorReason, RunError, RunRecord
@@ -66,6 +67,7 @@ class Supervisor:
         return self.cancel_requested.is_set() or self.run_dir.cancel_path.exists()
 
     def run(self) -> None:
+        mirror = tracking.start(self.run_dir)  # None unless MLflow tracking is on
         try:
             if not self.prepare_environment():
                 return
@@ -77,6 +79,10 @@ class Supervisor:
             self.fail(ErrorReason.SUPERVISOR_ERROR, f"fitdock supervisor error: {exc!r}")
             raise
         finally:
+            if mirror is not None:  # the end state is written: send the rest, bounded
+                info = mirror.finish()
+                with self.run_dir.edit() as record:
+                    record.tracking = info
             self.lock.release()
             self.done.set()
 

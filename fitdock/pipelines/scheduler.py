@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fitdock.errors import FitdockError
+from fitdock.execution import tracking
 from fitdock.execution.run import Run
 from fitdock.execution.submit import submit
 from fitdock.jobside.stepfn import RESULTS
@@ -85,6 +86,7 @@ def start(
     lock = SupervisorLock(records.folder(run_id) / records.LOCK)
     lock.acquire()
     scheduler = Scheduler(pipeline, record, lock, builds)
+    scheduler.tracking = tracking.pipeline_parent(run_id, experiment_name or pipeline.name, values)
     handle = PipelineRun(run_id, scheduler=scheduler)
     threading.Thread(target=scheduler.run, name=f"fitdock-pipeline-{run_id}", daemon=False).start()
     return handle
@@ -115,6 +117,7 @@ class Scheduler:
         names = set(self.steps) if options["regenerate_outputs"] else set(options["force"])
         self.forced = self._with_dependants(names)
         self.stopping = False
+        self.tracking: tracking.ParentRun | None = None  # the MLflow parent of the steps' runs
 
     def cancel(self) -> None:
         self.cancel_requested.set()
@@ -147,6 +150,8 @@ class Scheduler:
             self._save()
             raise
         finally:
+            if self.tracking is not None:
+                self.tracking.finish(self.record.status)
             self.lock.release()
             self.done.set()
 

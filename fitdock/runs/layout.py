@@ -11,17 +11,26 @@
     resume/           a read-only copy of the checkpoint this attempt resumes from
     inputs/           links to the named inputs
     guard/            sitecustomize.py: the world-size guard of MPI and Horovod ranks
-    metrics.jsonl     one JSON line per logged value
+    metrics.jsonl     one JSON line per logged value (log, log_list)
+    tables.jsonl      one JSON line per log_row / log_table call
+    tags.jsonl        one JSON line per tag / set_tags / add_properties call (readers merge
+                      them with run.json's tags: the job never writes run.json)
+    images.jsonl      one JSON line per log_image call; the PNG is in outputs/images/
+    status.jsonl      what the script declared with complete() / fail()
+    uploads/          upload_file / upload_folder under names outside outputs/, logs/, ...
     heartbeat         touched by ``RunContext.heartbeat()`` (the hang watchdog reads it)
     supervisor.lock   held by the supervising process while the run is live
     cancel            present when a cancel was requested
     slurm/            slurm target: job.sbatch, the job-side programs, batch.log, and
                       attempt-<n>.json / attempt-<n>.exit.json written by each attempt
 
-The names the job side writes too come from ``jobside.common`` (which cannot import this).
+The names the job side writes too come from ``jobside.common`` (which cannot import this),
+those the script writes through ``Run.get_context()`` from ``runs/logbook.py`` (which every
+rank imports, so it imports nothing of fitdock; ``SCRIPT_FILES`` lists them).
 
 Beside the runs, ``$FITDOCK_HOME/cache/hashes.sqlite`` is the stat cache of content hashes
-(``runs/contenthash.py``).
+(``runs/contenthash.py``), and ``$FITDOCK_HOME/models/<name>/<version>/`` a registered model:
+``model.json`` and its files under ``files/`` (``runs/models.py``).
 """
 
 from __future__ import annotations
@@ -38,13 +47,22 @@ from fitdock.jobside.common import (
     RESUME,
     SLURM,
 )
+from fitdock.runs.logbook import (
+    IMAGE_LOG,
+    IMAGES,
+    METRICS,
+    RECORD,
+    SCRIPT_FILES,
+    STATUS_LOG,
+    TABLES,
+    TAGS,
+    UPLOADS,
+)
 
-RECORD = "run.json"
 SNAPSHOT = "snapshot"
 OUTPUTS = "outputs"
 INPUTS = "inputs"
 GUARD = "guard"
-METRICS = "metrics.jsonl"
 HEARTBEAT = "heartbeat"
 LOCK = "supervisor.lock"
 CANCEL = "cancel"
@@ -56,6 +74,9 @@ RANK_STDERR = "rank_{rank}.stderr.log"
 WORKDIR_LINKS = (OUTPUTS, LOGS)  # snapshot/<name> -> ../<name>
 CACHE = "cache"  # $FITDOCK_HOME/cache/
 HASHES = "hashes.sqlite"  # $FITDOCK_HOME/cache/hashes.sqlite: content hashes by stat
+MODELS = "models"  # $FITDOCK_HOME/models/<name>/<version>/: the model registry
+MODEL_RECORD = "model.json"  # .../<version>/model.json: version, run, tags, properties, time
+MODEL_FILES = "files"  # .../<version>/files/: the model's files
 
 __all__ = [
     "ATTEMPT_LOGS",
@@ -67,13 +88,18 @@ __all__ = [
     "GUARD",
     "HASHES",
     "HEARTBEAT",
+    "IMAGES",
     "IMAGE_BUILD_LOG",
+    "IMAGE_LOG",
     "INPUTS",
     "LAUNCHER_LOG",
     "LOCK",
     "LOGS",
     "METRICS",
     "MODEL",
+    "MODELS",
+    "MODEL_FILES",
+    "MODEL_RECORD",
     "OUTPUTS",
     "RANK_EXIT",
     "RANK_STDERR",
@@ -81,8 +107,13 @@ __all__ = [
     "RANK_WORLD",
     "RECORD",
     "RESUME",
+    "SCRIPT_FILES",
     "SLURM",
     "SNAPSHOT",
+    "STATUS_LOG",
+    "TABLES",
+    "TAGS",
+    "UPLOADS",
     "WORKDIR_LINKS",
     "RunPaths",
 ]
@@ -104,6 +135,12 @@ class RunPaths:
     guard = property(lambda self: self.path / GUARD)
     slurm = property(lambda self: self.path / SLURM)
     metrics = property(lambda self: self.path / METRICS)
+    tables = property(lambda self: self.path / TABLES)
+    tags = property(lambda self: self.path / TAGS)
+    image_log = property(lambda self: self.path / IMAGE_LOG)
+    images = property(lambda self: self.path / OUTPUTS / IMAGES)
+    status_log = property(lambda self: self.path / STATUS_LOG)
+    uploads = property(lambda self: self.path / UPLOADS)
     heartbeat = property(lambda self: self.path / HEARTBEAT)
     record_path = property(lambda self: self.path / RECORD)
     cancel_path = property(lambda self: self.path / CANCEL)

@@ -12,7 +12,8 @@ since have defaults, and error reasons of old spellings map to today's (``RunErr
     ├── ranks: {rank: RankExit}      how each rank of the last attempt ended
     ├── attempts: [AttemptRecord]    one per attempt (restarts, Slurm requeues)
     ├── error: RunError | None       why it did not complete; reason: ErrorReason
-    └── slurm: ScheduledJob | None   the batch job (slurm target)
+    ├── slurm: ScheduledJob | None   the batch job (slurm target)
+    └── tracking: TrackingInfo | None  the run's MLflow mirror, and what it could not send
 """
 
 from __future__ import annotations
@@ -175,6 +176,51 @@ class ScheduledJob(BaseModel):
     reason: str | None = None
 
 
+class MirrorPart(str, enum.Enum):
+    """A part of a run that its tracking mirror sends (``execution/tracking.py``)."""
+
+    RUN = "run"  # the MLflow run itself
+    PARAMS = "params"
+    TAGS = "tags"
+    METRICS = "metrics"
+    ARTIFACTS = "artifacts"  # outputs/, tables, images
+    STATUS = "status"  # the final status and end time
+
+
+class TrackingInfo(BaseModel):
+    """Where a run is mirrored (MLflow), and what the mirror could not send: ``missing``
+    names the parts MLflow lacks, ``error`` the last failure; ``fitdock runs sync-mlflow``
+    sends them."""
+
+    model_config = _STRICT
+
+    uri: str
+    experiment_id: str | None = None
+    run_id: str | None = None  # the MLflow run's id
+    metrics_logged: int = 0  # numbers in metrics.jsonl (text is not a metric: see skipped)
+    metrics_mirrored: int = 0  # of them, taken by the server (or refused: then in skipped)
+    metrics_offset: int = 0  # bytes of metrics.jsonl mirrored (a sync starts there)
+    skipped: dict[str, int] = Field(default_factory=dict)  # values MLflow cannot hold, by name
+    missing: list[MirrorPart] = Field(default_factory=list)
+    error: str | None = None
+    synced_at: str | None = None
+
+    def describe(self) -> str:
+        """One line: where the run is, and what MLflow lacks."""
+        where = f"MLflow run {self.run_id or '-'} at {self.uri}"
+        if not self.missing:
+            return f"{where}: complete ({self.metrics_mirrored} metric values)"
+        parts = []
+        for part in self.missing:
+            if part is MirrorPart.METRICS:
+                gap = self.metrics_logged - self.metrics_mirrored
+                first = self.metrics_mirrored + 1
+                parts.append(f"metrics ({gap} of {self.metrics_logged} values, from #{first})")
+            else:
+                parts.append(part.value)
+        return f"{where}: not mirrored: {', '.join(parts)} ({self.error or 'no error'})"
+
+
 class RunRecord(BaseModel):
     """``run.json``."""
 
@@ -210,6 +256,7 @@ class RunRecord(BaseModel):
     slurm: ScheduledJob | None = None
     cancel_requested: bool = False
     tags: dict[str, str] = Field(default_factory=dict)  # e.g. the sandbox a script had
+    tracking: TrackingInfo | None = None  # the MLflow mirror (execution/tracking.py)
 
     def as_json(self) -> dict[str, Any]:
         """The record as ``run.json`` holds it (and ``Run.record`` returns it)."""

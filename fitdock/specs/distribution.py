@@ -37,7 +37,8 @@ class PyTorchConfiguration(BaseModel):
     ``process_count_per_node``). torchrun sets ``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT`` (c10d rendezvous on the
     first node); ``communication_backend`` reaches the script as
-    ``FITDOCK_DIST_BACKEND`` for ``torch.distributed.init_process_group``.
+    ``FITDOCK_DIST_BACKEND`` for ``torch.distributed.init_process_group``. The arguments
+    come in Azure's order and spelling (``PyTorchConfiguration("Gloo", 4, 2)`` works).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -46,6 +47,20 @@ class PyTorchConfiguration(BaseModel):
     communication_backend: Literal["gloo", "nccl"] = "nccl"
     process_count: int | None = Field(default=None, ge=1)
     node_count: int | None = Field(default=None, ge=1)
+
+    def __init__(
+        self,
+        communication_backend: str = "nccl",
+        process_count: int | None = None,
+        node_count: int | None = None,
+        **data: object,
+    ) -> None:
+        super().__init__(
+            communication_backend=communication_backend,
+            process_count=process_count,
+            node_count=node_count,
+            **data,
+        )
 
     @field_validator("communication_backend", mode="before")
     @classmethod

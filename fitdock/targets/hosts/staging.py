@@ -24,9 +24,9 @@ from fitdock.runs.layout import (
     HEARTBEAT,
     INPUTS,
     LOGS,
-    METRICS,
     OUTPUTS,
     RESUME,
+    SCRIPT_FILES,
     SNAPSHOT,
 )
 from fitdock.runs.store import RunDir
@@ -34,7 +34,7 @@ from fitdock.specs.compute import Hosts
 
 OUTBOUND = (SNAPSHOT, RESUME, INPUTS, GUARD)  # guard: the MPI world-size guard
 EMPTY = (LOGS, OUTPUTS, CHECKPOINTS)  # sent as folders without their files
-INBOUND = (LOGS, OUTPUTS, CHECKPOINTS, METRICS, HEARTBEAT)
+INBOUND = (LOGS, OUTPUTS, CHECKPOINTS, HEARTBEAT, *SCRIPT_FILES)  # metrics, tables, tags, ...
 
 
 def stage_in(hosts: Hosts, names: list[str], run: RunDir) -> None:
