@@ -390,3 +390,66 @@ def test_bad_conda_dependencies_name_the_argument() -> None:
     with pytest.raises(SpecError) as caught:
         env.python.conda_dependencies = ["numpy"]  # type: ignore[assignment]
     assert caught.value.field == "conda_dependencies"
+
+
+# A training script as Azure's samples write it, using the Run API they call.
+AZURE_TRAIN = """
+import argparse, os
+import numpy as np
+from azureml.core.run import Run
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int, default=2)
+args = parser.parse_args()
+run = Run.get_context()
+run.tag("model", "linear")
+for epoch in range(args.epochs):
+    run.log("loss", 1.0 / (epoch + 1))
+    run.log_row("curve", epoch=epoch, loss=1.0 / (epoch + 1))
+run.log_table("confusion", {"predicted": [0, 1], "count": [7, 3]})
+os.makedirs("outputs", exist_ok=True)
+np.save("outputs/weights.npy", np.arange(3))
+with open("report.txt", "w") as f:
+    f.write("all good")
+run.upload_file("reports/report.txt", "report.txt")
+with open("curve.png", "wb") as f:
+    f.write(b"\\x89PNG\\r\\n\\x1a\\n" + bytes(16))
+run.log_image("curve_plot", path="curve.png")
+"""
+
+AZURE_SUBMIT_TRAIN = """
+from azureml.core import Experiment, ScriptRunConfig, Workspace
+
+ws = Workspace.from_config()
+src = ScriptRunConfig(source_directory=SOURCE, script="train.py", arguments=["--epochs", 3])
+run = Experiment(workspace=ws, name="run-api-port").submit(src, tags={"sample": "v1"})
+run.wait_for_completion(show_output=False, raise_on_error=False)
+"""
+
+
+def test_an_azure_training_script_and_its_submission_run_ported_by_their_imports(
+    tmp_path: Path,
+) -> None:
+    trained = AZURE_TRAIN.replace("from azureml.core.run import Run", "from fitdock import Run")
+    source = write_script(tmp_path / "src", trained)
+    namespace: dict[str, Any] = {"SOURCE": str(source)}
+    exec(compile(port(AZURE_SUBMIT_TRAIN), "submit.py", "exec"), namespace)
+    run = namespace["run"]
+    assert run.status is RunStatus.COMPLETED, run.error
+    metrics = run.get_metrics()
+    assert metrics["loss"] == [1.0, 0.5, 1.0 / 3]
+    assert metrics["curve"] == {"epoch": [0, 1, 2], "loss": [1.0, 0.5, 1.0 / 3]}
+    assert metrics["confusion"] == {"predicted": [0, 1], "count": [7, 3]}
+    assert run.get_tags() == {"sample": "v1", "model": "linear"}
+    assert "reports/report.txt" in run.get_file_names()
+    downloaded = tmp_path / "down"
+    run.download_files(output_directory=str(downloaded))
+    found = {p.name for p in downloaded.rglob("*") if p.is_file()}
+    assert {"weights.npy", "report.txt"} <= found
+    details = run.get_details()
+    assert details["status"] == "Completed"
+    assert details["runDefinition"]["script"] == "train.py"
+    assert details["runDefinition"]["arguments"] == ["--epochs", "3"]
+    image = Path(str(metrics["curve_plot"]))
+    image = image if image.is_absolute() else RunDir.find(run.id).path / image
+    assert image.suffix == ".png" and image.read_bytes().startswith(b"\x89PNG")
