@@ -125,10 +125,9 @@ def pickled_function(step: FunctionStep, folder: Path) -> bytes:
 
 
 def write_build(
-    step: FunctionStep, pipeline_name: str, parameters: dict[str, Any], cwd: Path
+    step: FunctionStep, pipeline_name: str, parameters: dict[str, Any], cwd: Path, key: bytes
 ) -> Path:
     """A new ``<step>/<timestamp>/`` folder with the signed payloads and the runner."""
-    key = signing_key()
     parent = storage(pipeline_name) / step.name
     parent.mkdir(parents=True, exist_ok=True)
     folder = _new_folder(parent)
@@ -173,10 +172,10 @@ def prepare(steps: list[Any], pipeline_name: str, values: dict[str, Any]) -> Bui
     functions = [step for step in steps if isinstance(step, FunctionStep)]
     if not functions:
         return Builds(None, {})
-    signing_key()  # a key refused (loose permissions) refuses before anything is made
+    key = signing_key()  # a key refused (loose permissions) refuses before anything is made
     cwd = Path.cwd()
     space = workspace(pipeline_name, cwd)
-    folders = {step.name: write_build(step, pipeline_name, values, cwd) for step in functions}
+    folders = {step.name: write_build(step, pipeline_name, values, cwd, key) for step in functions}
     return Builds(space, folders, cwd)
 
 

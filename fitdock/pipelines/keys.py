@@ -32,6 +32,7 @@ class Values:
         self.record = record
         self.workspace = workspace  # the submitter's folder (function steps' source)
         self.trees: dict[Path, TreeHash] = {}
+        self.results: dict[str, Any] = {}  # step name -> its result's verified JSON value
 
     # ------------------------------------------------------------------ values
     def resolve(self, value: Any, own: dict[str, str]) -> Any:
@@ -57,7 +58,9 @@ class Values:
         a Join's text, a constant as it is."""
         if isinstance(operand, DelayedReturn):
             name = operand.step.name
-            return part(json_value(self.results_of(name), name), operand.path, name)
+            if name not in self.results:  # verified once: a result never changes
+                self.results[name] = json_value(self.results_of(name), name)
+            return part(self.results[name], operand.path, name)
         if isinstance(operand, PipelineParameter):
             return self.record.parameters[operand.name]
         if isinstance(operand, Join):

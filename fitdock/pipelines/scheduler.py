@@ -32,6 +32,7 @@ from fitdock.pipelines.graph import dependencies
 from fitdock.pipelines.keys import Values
 from fitdock.pipelines.record import PipelineRecord, StepState
 from fitdock.pipelines.run import PipelineRun
+from fitdock.pipelines.script_step import ExecutePythonScriptStep
 from fitdock.pipelines.steps import PythonScriptStep, StepContext
 from fitdock.runs.contenthash import hash_path
 from fitdock.runs.status import RunStatus
@@ -183,7 +184,7 @@ class Scheduler:
     def _on_slurm(self, name: str) -> bool:
         step = self.steps[name]
         target = step.compute_target
-        if isinstance(step, PythonScriptStep):
+        if isinstance(step, (PythonScriptStep, ExecutePythonScriptStep)):
             target = target or step.runconfig.target
         return isinstance(target, Slurm) or target == "slurm"
 

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 from fitdock.errors import SpecError
 from fitdock.pipelines.data import InputData, PipelineData
 from fitdock.pipelines.steps import Resolver, RunConfiguration, Step, StepContext
-from fitdock.script.api import ENTRY, MODES, STUB, curated, script_text
+from fitdock.script.api import ENTRY, STUB, check_sandbox, curated, script_text
 from fitdock.shared import fitdock_home
 from fitdock.specs.job import JobSpec
 
@@ -40,10 +40,7 @@ class ExecutePythonScriptStep(Step):
         runconfig: RunConfiguration | None = None,
     ) -> None:
         text = script_text(script)
-        if sandbox not in MODES:
-            raise SpecError(
-                f"sandbox must be one of {', '.join(MODES)}, not {sandbox!r}", field="sandbox"
-            )
+        check_sandbox(sandbox)
         tables = [_table(value, number) for number, value in enumerate(inputs or (), start=1)]
         if len(tables) > 2 or len(outputs or ()) > 2:
             raise SpecError(

@@ -23,10 +23,10 @@ from fitdock.execution.run import Run
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir
 from fitdock.script.bundle import check_bundle
+from fitdock.script.convert import INPUT_SUFFIXES
 from fitdock.script.runner import ERROR, IMAGES, SANDBOX
 
-SUFFIXES = (".csv", ".tsv", ".tab", ".parquet", ".pq")
-MODES = ("auto", "strict", "off")
+SUFFIXES = INPUT_SUFFIXES  # what convert.read_input reads
 ENTRY = "fitdock_script.py"
 STUB = "from fitdock.script.runner import main\n\nmain()\n"
 
@@ -72,10 +72,7 @@ def execute_python_script(
 ) -> ScriptResult:
     """Run ``azureml_main`` of ``script`` over the inputs; see the module docstring."""
     text = script_text(script)
-    if sandbox not in MODES:
-        raise SpecError(
-            f"sandbox must be one of {', '.join(MODES)}, not {sandbox!r}", field="sandbox"
-        )
+    check_sandbox(sandbox)
     if not timeout_seconds or timeout_seconds <= 0:
         raise SpecError(
             f"timeout_seconds must be > 0, not {timeout_seconds!r}", field="timeout_seconds"
@@ -182,6 +179,14 @@ def _late(run: Run) -> str:
 def sandbox_of(run: Run) -> dict[str, Any]:
     """Which isolation the script had (``runner.py`` writes it before the script runs)."""
     return _read_json(run.output_dir / SANDBOX)
+
+
+def check_sandbox(mode: str) -> None:
+    """A sandbox mode, or a SpecError naming the ones there are."""
+    from fitdock.script.sandbox import MODES
+
+    if mode not in MODES:
+        raise SpecError(f"sandbox must be one of {', '.join(MODES)}, not {mode!r}", field="sandbox")
 
 
 def script_text(script: str | Path) -> str:

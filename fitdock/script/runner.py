@@ -209,7 +209,9 @@ def _table(path: Path) -> Path:
     """An input as a file: a folder (a pipeline's data) gives its one table."""
     if not path.is_dir():
         return path
-    tables = sorted(p for p in path.iterdir() if p.suffix.lower() in (".parquet", ".csv", ".tsv"))
+    from fitdock.script.convert import INPUT_SUFFIXES
+
+    tables = sorted(p for p in path.iterdir() if p.suffix.lower() in INPUT_SUFFIXES)
     if len(tables) != 1:
         raise Refused(f"input folder {path} holds {len(tables)} tables; one was expected")
     return tables[0]
