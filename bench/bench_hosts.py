@@ -1,6 +1,6 @@
 """fit() with 4 MPI ranks over 2 fake hosts against the same raw mpirun command line.
 
-    python bench/bench_hosts.py [--repeat N]
+    python bench/bench_hosts.py [--repeat N] [--json PATH]
 
 The hosts are network namespaces joined by veth pairs (tests/netns.py; needs root and
 `ip netns`). The raw command is fitdock's own plan with the rank wrapper taken out:
@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the fake-host helpers live with the tests
 
+from _common import Report, machine  # noqa: E402
 from netns import namespace_hosts, netns_unavailable  # noqa: E402
 
 from fitdock import Estimator, Hosts, Mpi, RunStatus  # noqa: E402
@@ -47,10 +48,14 @@ def timed(action: Callable[[], None]) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
+    json_path = args.json.resolve() if args.json else None
+    report = Report(data={"repeat": args.repeat})
     reason = netns_unavailable() or (None if os.access(OPEN_MPI, os.X_OK) else f"no {OPEN_MPI}")
     if reason:
-        print(f"bench (f) skipped: {reason}")
+        report.emit(f"bench (f) skipped: {reason}")
+        report.finish(json_path, machine)
         return 0
     with (
         tempfile.TemporaryDirectory() as scratch,
@@ -89,11 +94,13 @@ def main(argv: list[str] | None = None) -> int:
                 samples.append(timed(action))
     fd_ms, raw_ms = statistics.median(fitdock_s) * 1000, statistics.median(raw_s) * 1000
     added = fd_ms - raw_ms
-    verdict = "OK" if added <= TARGET_ADDED_MS else "MISS"
-    print(
+    verdict = report.verdict("f_added_ms", added, TARGET_ADDED_MS)
+    report.data.update(samples_s={"fitdock": fitdock_s, "raw_mpirun": raw_s})
+    report.emit(
         f"bench (f) fit() 4 ranks on 2 namespace hosts: fitdock {fd_ms:.1f} ms, raw mpirun "
         f"{raw_ms:.1f} ms, added {added:.1f} ms (target <= {TARGET_ADDED_MS:.0f} ms) {verdict}"
     )
+    report.finish(json_path, machine)
     return 0
 
 

@@ -29,7 +29,10 @@ from _timeout import bench_timeout
 
 TARGET_ADDED_MS = 25.0  # (a): one extra interpreter start is the floor
 TARGET_MPI_ADDED_MS = 40.0  # (b)
-TARGET_PEER_RATIO = 0.2
+# (a) peers: fitdock's no-op fit() against the faster of submitit and TorchX, both asked
+# every 10 ms whether their job ended. fitdock starts two interpreters (reaper, script)
+# where TorchX's local_cwd starts one: half the faster peer's time is the target.
+TARGET_PEER_RATIO = 0.5
 WARMUP = 1
 PEER_POLL_S = 0.01  # the "polled" peer variants ask this often whether their job ended
 TORCHX_WAIT_S = 1.0  # the wait_interval `torchx run` itself passes to Runner.wait()
@@ -98,12 +101,23 @@ def mpi_launcher() -> str | None:
         return str(beside) if beside.is_file() else None
 
 
-def mpiexec_case(work: Path, launcher: str, ranks: int) -> Case:
-    argv = [launcher, "-n", str(ranks), "-launcher", "fork", sys.executable, "noop.py"]
+def raw_mpi_argv(launcher: str, ranks: int) -> tuple[list[str], dict[str, str]]:
+    """The raw launch with ``launcher``, in the words its own MPI family takes: fitdock's
+    builder of the mpirun line (MPICH: ``-launcher fork``; Open MPI: its own flags, and as
+    root its allow-run-as-root variables), so both sides start the same way."""
+    from fitdock import Mpi
+    from fitdock.distributions.mpi import find_launcher, mpi_argv, mpi_env
 
+    config = Mpi(mpirun=launcher)
+    found = find_launcher(config)
+    argv = mpi_argv(found, config, ranks, [sys.executable, "noop.py"])
+    return argv, {**os.environ, **mpi_env(found)}
+
+
+def mpiexec_case(work: Path, argv: list[str], env: dict[str, str]) -> Case:
     def run() -> float:
         start = time.perf_counter()
-        subprocess.run(argv, cwd=work, check=True, stdin=subprocess.DEVNULL)
+        subprocess.run(argv, cwd=work, check=True, stdin=subprocess.DEVNULL, env=env)
         return time.perf_counter() - start
 
     return run
@@ -152,8 +166,10 @@ def launch_cases(
     cases = {"python": python_case(work), "fitdock": fitdock_case(work, report, ranks=1)}
     launcher = mpi_launcher()
     if launcher is not None:
+        argv, env = raw_mpi_argv(launcher, ranks=2)
         report.data["mpi_launcher"] = launcher
-        cases["mpiexec"] = mpiexec_case(work, launcher, ranks=2)
+        report.data["mpi_raw_argv"] = argv
+        cases["mpiexec"] = mpiexec_case(work, argv, env)
         cases["fitdock_mpi"] = fitdock_case(work, report, ranks=2, launcher=launcher)
     if installed("submitit"):
         cases.update(submitit_cases(work, scratch / "submitit"))
@@ -193,7 +209,9 @@ def peer_text(ms: dict[str, float], key: str, label: str, module: str) -> str:
 
 
 def report_peers(report: Report, ms: dict[str, float], suffix: str, judged: bool) -> None:
-    heads = ("bench (a) peers:", "bench (a) peers, polled every 10 ms (no target):")
+    """The judged line asks the peers every 10 ms whether their job ended (the fair match:
+    fitdock's wait is event-driven); as shipped, their own 1 s polls, is information."""
+    heads = ("bench (a) peers, polled every 10 ms:", "bench (a) peers as shipped (no target):")
     head = heads[0] if judged else heads[1]
     keys = (f"submitit{suffix}", f"torchx{suffix}")
     found = [ms[key] for key in keys if key in ms]
@@ -207,10 +225,10 @@ def report_peers(report: Report, ms: dict[str, float], suffix: str, judged: bool
     )
     tail = f"fitdock/faster peer = {ratio:.2f}x"
     if judged:
-        verdict = report.verdict("a_peer_ratio", ratio, TARGET_PEER_RATIO)
+        verdict = report.verdict("a_peer_ratio_polled", ratio, TARGET_PEER_RATIO)
         tail += f" (target <= {TARGET_PEER_RATIO}x) {verdict}"
     else:
-        report.data["a_peer_ratio_polled"] = ratio
+        report.data["a_peer_ratio_as_shipped"] = ratio
     report.emit(f"{head} {texts[0]}, {texts[1]}, {tail}")
 
 
@@ -218,12 +236,13 @@ def report_mpi(report: Report, ms: dict[str, float]) -> None:
     if "fitdock_mpi" not in ms:
         report.emit("bench (b) fit() 2 MPI ranks: skipped: no mpirun/mpiexec found")
         return
-    name = Path(report.data["mpi_launcher"]).name
+    argv = report.data["mpi_raw_argv"]
+    raw = " ".join([Path(argv[0]).name, *argv[1 : argv.index(sys.executable)]])
     added = ms["fitdock_mpi"] - ms["mpiexec"]
     verdict = report.verdict("b_added_ms", added, TARGET_MPI_ADDED_MS)
     report.emit(
         f"bench (b) fit() 2 MPI ranks: fitdock {ms['fitdock_mpi']:.1f} ms, "
-        f"{name} -n 2 -launcher fork {ms['mpiexec']:.1f} ms, added {added:.1f} ms "
+        f"{raw} {ms['mpiexec']:.1f} ms, added {added:.1f} ms "
         f"(target <= {TARGET_MPI_ADDED_MS:.0f} ms) {verdict}"
     )
 
@@ -253,8 +272,8 @@ def bench_launch(work: Path, scratch: Path, report: Report, repeat: int) -> None
         cold_ms={"import_fitdock": import_s * 1000, **{k: v * 1000 for k, v in cold.items()}},
     )
     report_noop(report, ms)
-    report_peers(report, ms, suffix="", judged=True)
-    report_peers(report, ms, suffix="_polled", judged=False)
+    report_peers(report, ms, suffix="_polled", judged=True)
+    report_peers(report, ms, suffix="", judged=False)
     report_mpi(report, ms)
     report_cold(report, import_s, cold)
 

@@ -1,6 +1,6 @@
 """Submit-to-first-rank-running latency on Slurm: fit() against a hand-written sbatch script.
 
-    python bench/bench_slurm.py [--repeat N]
+    python bench/bench_slurm.py [--repeat N] [--json PATH]
 
 Starts a private one-node Slurm (tests/slurm_cluster.py; needs root and Debian's slurm-wlm,
 munge and libpmix2). Both jobs run the same 2-rank script through ``srun --mpi=pmix``;
@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the private cluster lives with the tests
 
+from _common import Report, machine  # noqa: E402
 from slurm_cluster import Cluster, missing, slurm_cluster  # noqa: E402
 
 from fitdock import Estimator, Mpi, RunStatus, Slurm  # noqa: E402
@@ -57,10 +58,14 @@ def first_start(stamp: Path, timeout: float = 60) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = parser.parse_args(argv)
+    json_path = args.json.resolve() if args.json else None
+    report = Report(data={"repeat": args.repeat})
     reason = missing()
     if reason:
-        print(f"bench (j) skipped: {reason}")
+        report.emit(f"bench (j) skipped: {reason}")
+        report.finish(json_path, machine)
         return 0
     with tempfile.TemporaryDirectory() as scratch, slurm_cluster() as cluster:
         os.environ["SLURM_CONF"] = str(cluster.conf)
@@ -82,13 +87,15 @@ def main(argv: list[str] | None = None) -> int:
     fd_ms = statistics.median(samples["fitdock"]) * 1000
     raw_ms = statistics.median(samples["sbatch"]) * 1000
     added = fd_ms - raw_ms
-    verdict = "OK" if added <= TARGET_ADDED_MS else "MISS"
-    print(
+    verdict = report.verdict("j_added_ms", added, TARGET_ADDED_MS)
+    report.data.update(samples_s=samples)
+    report.emit(
         f"bench (j) Slurm submit -> first rank running, 2 ranks (srun --mpi=pmix): fitdock "
         f"{fd_ms:.1f} ms, hand-written sbatch {raw_ms:.1f} ms, added {added:.1f} ms "
         f"(target <= {TARGET_ADDED_MS:.0f} ms) {verdict}; "
         f"fitdock {_spread(samples['fitdock'])}, sbatch {_spread(samples['sbatch'])}"
     )
+    report.finish(json_path, machine)
     return 0
 
 

@@ -23,6 +23,8 @@
     ├── PayloadError                  a signed step payload was refused (missing, truncated,
     │                                 changed, foreign key, loose key permissions); .path
     ├── StepResultError               result() of a step that has none; .step, .status
+    ├── StorageError                  fitdock's files cannot be written: no space left, a
+    │                                 read-only file system; .path, .errno
     ├── RunNotFoundError              no run record with that id
     └── RunFailedError                wait_for_completion(raise_on_error=True) on a failed run
                                       .run_id, .status, .error (which rank, exit code, stderr tail)
@@ -50,6 +52,26 @@ class SpecError(FitdockError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+    @classmethod
+    def from_pydantic(cls, owner: str, exc: Any) -> SpecError:
+        """A pydantic ``ValidationError`` (taken as it is: this module imports no pydantic)
+        as a ``SpecError`` naming every wrong field, what is wrong and what it got."""
+        errors = exc.errors()
+        field = ".".join(str(part) for part in errors[0]["loc"]) or None if errors else None
+        lines = []
+        for err in errors:
+            loc = ".".join(str(part) for part in err["loc"])
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = f"is not an argument of {owner}"
+            elif err["type"] == "missing":
+                msg = "is required"
+            shown = repr(err.get("input"))
+            shown = shown if len(shown) <= 200 else shown[:160] + f"... ({len(shown)} characters)"
+            got = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {shown})"
+            lines.append(f"{loc}: {msg}{got}" if loc else f"{msg}{got}")
+        return cls(f"{owner}: " + "; ".join(lines), field=field)
 
 
 class PipelineValidationError(SpecError):
@@ -191,12 +213,25 @@ class StepResultError(FitdockError):
         self.status = status
 
 
+class StorageError(FitdockError):
+    """A file fitdock keeps (a run's record, snapshot or logs, an environment) could not be
+    written: ``.path`` names it, ``.errno`` says why (ENOSPC: no space left; EROFS: a
+    read-only file system); the message says what to free or where to point
+    ``FITDOCK_HOME``."""
+
+    def __init__(self, message: str, *, path: str, errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+
 class RunNotFoundError(FitdockError, LookupError):
     """No run record exists with the given id."""
 
-    def __init__(self, run_id: str, home: str) -> None:
+    def __init__(self, run_id: str, home: str, reason: str | None = None) -> None:
+        why = f" ({reason})" if reason else ""
         super().__init__(
-            f"no run {run_id!r} under {home}; `fitdock runs list` shows the runs there"
+            f"no run {run_id!r} under {home}{why}; `fitdock runs list` shows the runs there"
         )
         self.run_id = run_id
 

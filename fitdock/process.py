@@ -25,6 +25,7 @@ __all__ = [
     "RANK_MODE",
     "JobProcess",
     "capture",
+    "detach",
     "rank_wrapper_argv",
     "split_commands",
     "stream",
@@ -106,6 +107,39 @@ class JobProcess:
         if self._popen.stdin is not None:
             with contextlib.suppress(OSError):
                 self._popen.stdin.close()
+
+
+def detach(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    data: bytes,
+    log_path: str | Path,
+    keep_fd: int,
+) -> int:
+    """Start a program that outlives this process (a detached run's supervisor), in a
+    session of its own: ``data`` goes to its stdin, which is then closed; its output is
+    appended to ``log_path``; the descriptor ``keep_fd`` stays open in it, at the same
+    number. Returns its pid; a daemon thread reaps it should it end while we live."""
+    import subprocess
+    import threading
+
+    with open(log_path, "ab") as log:
+        child = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.PIPE,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,
+            close_fds=True,
+            pass_fds=(keep_fd,),
+        )
+    threading.Thread(target=child.wait, name=f"fitdock-detached-{child.pid}", daemon=True).start()
+    if child.stdin is not None:  # always, with stdin=PIPE
+        with contextlib.suppress(BrokenPipeError), child.stdin:
+            child.stdin.write(data)
+    return child.pid
 
 
 def reaper_argv(python: str, jobtree_path: str, rank_logs: str | None = None) -> list[str]:

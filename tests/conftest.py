@@ -5,6 +5,10 @@
 * A test marked ``mpi``/``chainer``/``torch``/``docker``/``slurm`` is skipped, with the
   reason, when that tool is missing here; with ``CI=true`` it fails instead, so CI
   cannot go green by skipping. ``gpu`` tests skip without an NVIDIA GPU, even in CI.
+* The CI guard: with ``CI=true`` (any case) every other skip fails too, however it was
+  made: ``pytest.skip`` in a test or fixture, ``pytest.importorskip``, a ``skipif`` mark,
+  a module skipped at import. Only tests marked with an ``ALWAYS_SKIP`` marker (``gpu``)
+  may skip there. Locally a skip stays a skip, with its reason (``-ra``).
 * ``--update-golden`` rewrites the files under ``tests/golden/`` instead of comparing
   with them; without it a mismatch fails.
 """
@@ -173,6 +177,37 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() == "true"
 
 
+def skip_allowed(node: pytest.Item | pytest.Collector) -> bool:
+    """True for a test that may skip in CI: one marked ``gpu`` (CI machines have none)."""
+    return any(marker.name in ALWAYS_SKIP for marker in node.iter_markers())
+
+
+CI_SKIP = "CI=true: only gpu tests may skip, so this skip fails the run"
+
+
+def _fail_skip(report: pytest.TestReport | pytest.CollectReport) -> None:
+    """Turn a skipped report into a failed one that keeps the skip's reason."""
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"{CI_SKIP} ({reason})"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail") and in_ci() and not skip_allowed(item):
+        _fail_skip(report)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    outcome = yield
+    report: pytest.CollectReport = outcome.get_result()
+    if report.skipped and in_ci() and not skip_allowed(collector):
+        _fail_skip(report)  # a module that skipped itself at import (allow_module_level)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     for marker in item.iter_markers():
         check = TOOLS.get(marker.name)
@@ -222,12 +257,10 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def bwrap() -> None:
-    """bubblewrap, or a skip (a failure with CI=true: install-system.sh installs it)."""
+    """bubblewrap, or a skip (a failure with CI=true, by the CI guard: install-system.sh
+    installs it)."""
     if shutil.which("bwrap") is None:
-        reason = "bubblewrap is not installed (scripts/install-system.sh installs it)"
-        if os.environ.get("CI", "").strip().lower() == "true":
-            pytest.fail(f"{reason}; CI=true, so this fails instead of skipping")
-        pytest.skip(reason)
+        pytest.skip("bubblewrap is not installed (scripts/install-system.sh installs it)")
 
 
 @pytest.fixture

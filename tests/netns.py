@@ -562,3 +562,61 @@ def namespace_hosts(
         remaining = [item for item in leftovers(net) if item != str(workdir)]
         if remaining:
             raise NetnsError(f"fake hosts not fully removed: {remaining}")
+
+
+# ---------------------------------------------------------------------------------------------
+# A private file system per host (no shared filesystem, for real)
+# ---------------------------------------------------------------------------------------------
+# Called like the agent; the remote command first binds the host's own folder over PATH (in the
+# private mount namespace the agent gives every command), so what a host writes under PATH stays
+# on that host and what this machine writes there is not seen by the hosts. Leading ssh-style
+# options are dropped (the agent ignores them anyway).
+PRIVATE_AGENT = """\
+#!/bin/sh
+# Agent for the fake hosts {prefix}-h* with a private {path} per host: see tests/netns.py
+set -eu
+while [ $# -gt 0 ]; do
+    case $1 in
+    --) shift; break ;;
+    -[BbcDEeFIiJLlmOoPpQRSWw]) shift 2 ;;
+    -*) shift ;;
+    *) break ;;
+    esac
+done
+host=${{1#*@}}
+shift
+name=$(awk -v key="$host" '$1 == key {{ print $3; exit }}' {map})
+[ -n "$name" ] || {{ echo "private agent: unknown host '$host'" >&2; exit 255; }}
+exec {agent} "$host" "mount --bind {root}/$name {path} || exit 255; $*"
+"""
+
+
+def private_filesystem(net: NamespaceHosts, path: Path) -> Path:
+    """An agent for ``net`` under which each host has a folder of its own at ``path`` (an
+    existing folder here): ``net.workdir/private/<hostname>``, empty at first. Returns the
+    agent's path; the hosts' folders are ``private_folder(net, host)``."""
+    root = net.workdir / "private"
+    for h in net.hosts:
+        (root / h.hostname).mkdir(parents=True, exist_ok=True)
+    agent = net.workdir / "private-agent"
+    agent.write_text(
+        PRIVATE_AGENT.format(
+            prefix=net.prefix,
+            path=shlex.quote(str(path)),
+            map=shlex.quote(str(net.map_file)),
+            agent=shlex.quote(str(net.agent)),
+            root=shlex.quote(str(root)),
+        )
+    )
+    agent.chmod(0o755)
+    return agent
+
+
+def private_folder(net: NamespaceHosts, host: NamespaceHost) -> Path:
+    """What ``host`` sees at the path given to ``private_filesystem``."""
+    return net.workdir / "private" / host.hostname
+
+
+def namespace_pids(host: NamespaceHost) -> set[int]:
+    """Every process running in ``host``'s network namespace (``ip netns pids``)."""
+    return {int(p) for p in ip("netns", "pids", host.namespace, check=False).split()}

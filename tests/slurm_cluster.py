@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # A requeued job waits cred_expire seconds before it may start again (120 by default).
 CRED_EXPIRE = 5
@@ -193,5 +194,135 @@ def slurm_cluster(kill_wait: int = 5) -> Iterator[Cluster]:
         finally:
             cluster.run("scancel", "--user", "root", "--full", "--signal", "KILL")
             _stop(root / "slurmd.pid")
+            _stop(root / "slurmctld.pid")
+            shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Several nodes: one slurmd per fake host of tests/netns.py
+# ---------------------------------------------------------------------------------------------
+# slurmctld runs here (on the fake hosts' gateway address); each fake host runs a slurmd in its
+# own network and UTS namespace (the host's name, its /etc/hosts), as the netns agent runs a
+# command there. The nodes share this machine's file system (the run folder, the interpreter),
+# as cluster nodes share NFS.
+NODES_CONF = """\
+ClusterName=fitdock-nodes
+SlurmctldHost={host}({gateway})
+SlurmctldPort={ctld_port}
+SlurmdPort={slurmd_port}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=cred_expire={cred_expire}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+KillWait={kill_wait}
+ReturnToService=2
+SchedulerParameters=sched_interval=1
+MinJobAge=600
+StateSaveLocation={root}/state
+SlurmdSpoolDir={root}/spool-%n
+TmpFS={root}/tmp-%n
+SlurmctldPidFile={root}/slurmctld.pid
+SlurmdPidFile={root}/slurmd-%n.pid
+SlurmctldLogFile={root}/slurmctld.log
+SlurmdLogFile={root}/slurmd-%n.log
+{nodes}
+PartitionName=debug Nodes={names} Default=YES State=UP
+"""
+
+# Start slurmd the way the netns agent runs a command: the host's name and /etc/hosts. It enters
+# the network namespace with nsenter, not `ip netns exec`, which mounts a /sys of its own
+# without the cgroup folder that slurmd needs.
+SLURMD_IN_HOST = (
+    'hostname "$1" || exit 255; mount --bind "$2" /etc/hosts || exit 255; '
+    'exec /usr/sbin/slurmd -N "$1" -f "$3"'
+)
+
+
+@dataclass
+class NodesCluster(Cluster):
+    """A cluster whose nodes are fake hosts (``nodes``: their names, in order)."""
+
+    nodes: tuple[str, ...] = ()
+
+    def wait_nodes_idle(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = self.run("squeue", "-h", "-o", "%i").stdout.strip()
+            states = self.run("sinfo", "-h", "-N", "-o", "%t").stdout.split()
+            if not jobs and states == ["idle"] * len(self.nodes):
+                return
+            time.sleep(0.2)
+        raise TimeoutError(f"Slurm nodes {self.nodes} not idle after {timeout} s: {self.logs()}")
+
+    def logs(self) -> str:
+        parts = []
+        for path in sorted(self.root.glob("slurm*.log")):
+            lines = path.read_text(errors="replace").splitlines()[-20:]
+            parts.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+
+@contextlib.contextmanager
+def slurm_cluster_on_hosts(net: Any, cpus: int = 2, kill_wait: int = 5) -> Iterator[NodesCluster]:
+    """A Slurm cluster with one node per fake host of ``net`` (a ``netns.NamespaceHosts``
+    made with ``resolve_hostnames=True``), ``cpus`` CPUs each; removed on exit."""
+    reason = missing()
+    if reason:
+        raise RuntimeError(reason)
+    host = socket.gethostname().split(".")[0]
+    root = Path(tempfile.mkdtemp(prefix="fitdock-slurm-nodes-"))
+    (root / "state").mkdir()
+    names = tuple(h.hostname for h in net.hosts)
+    for name in names:
+        (root / f"spool-{name}").mkdir()
+        (root / f"tmp-{name}").mkdir()  # PMIx makes its folders there: one per node
+    nodes = "\n".join(
+        f"NodeName={h.hostname} NodeAddr={h.address} CPUs={cpus} RealMemory=1000 State=UNKNOWN"
+        for h in net.hosts
+    )
+    conf = root / "slurm.conf"
+    conf.write_text(
+        NODES_CONF.format(
+            host=host,
+            gateway=net.gateway,
+            root=root,
+            kill_wait=kill_wait,
+            cred_expire=CRED_EXPIRE,
+            ctld_port=_free_port(),
+            slurmd_port=_free_port(),
+            nodes=nodes,
+            names=",".join(names),
+        )
+    )
+    cluster = NodesCluster(root=root, conf=conf, host=host, cpus=cpus, nodes=names)
+    with Path(net.hosts_file).open("a") as hosts_file:  # the nodes reach this machine by name
+        hosts_file.write(f"{net.gateway} {host}\n")
+    with _munge():
+        try:
+            subprocess.run(
+                ["/usr/sbin/slurmctld", "-f", str(conf)], env=cluster.env, check=True, timeout=30
+            )
+            for h in net.hosts:
+                argv = ["nsenter", f"--net=/run/netns/{h.namespace}", "unshare", "--uts",
+                        "--mount", "--", "/bin/sh", "-c", SLURMD_IN_HOST, "slurmd", h.hostname,
+                        str(net.hosts_file), str(conf)]  # fmt: skip
+                done = subprocess.run(
+                    argv, env=cluster.env, capture_output=True, text=True, timeout=30
+                )
+                if done.returncode != 0:
+                    raise RuntimeError(f"slurmd on {h.hostname}: {done.stderr} {cluster.logs()}")
+            cluster.wait_nodes_idle()
+            yield cluster
+        finally:
+            cluster.run("scancel", "--user", "root", "--full", "--signal", "KILL")
+            for name in names:
+                _stop(root / f"slurmd-{name}.pid")
             _stop(root / "slurmctld.pid")
             shutil.rmtree(root, ignore_errors=True)

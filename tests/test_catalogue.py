@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from packaging.requirements import Requirement
 
@@ -103,6 +106,30 @@ def test_gpu_chainer_row_stays_on_cupy_13() -> None:
     row = CATALOGUE.get("chainer-7.8.1-gpu")
     cupy = next(Requirement(s) for s in row.pip_packages if s.startswith("cupy"))
     assert cupy.specifier.contains("13.3.0") and not cupy.specifier.contains("14.0.0")
+
+
+TORCH_GPU = [r for r in CURRENT if r.framework == "pytorch" and r.gpu]
+
+
+@pytest.mark.parametrize("row", TORCH_GPU, ids=lambda r: r.name)
+def test_gpu_torch_rows_carry_the_torchvision_of_their_torch(row) -> None:  # type: ignore[no-untyped-def]
+    """Azure's curated PyTorch images shipped torchvision: ours too, and the pair resolves
+    (torchvision pins torch exactly). Resolved from PyPI's metadata with uv for the row's
+    Python on Linux: the GPU wheels themselves cannot be installed on this CPU machine."""
+    reqs = {Requirement(spec).name: str(Requirement(spec)) for spec in row.pip_packages}
+    assert "torchvision" in reqs, f"{row.name} has no torchvision"
+    python = row.python_version or "3.11"
+    argv = [sys.executable, "-m", "uv", "pip", "compile", "-", "--python-version", python,
+            "--python-platform", "x86_64-manylinux_2_28", "-q"]  # fmt: skip
+    done = subprocess.run(
+        argv, input=f"{reqs['torch']}\n{reqs['torchvision']}\n", capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    resolved = {line.split("==")[0]: line.split("==")[1] for line in done.stdout.splitlines()
+                if "==" in line and not line.startswith("#")}  # fmt: skip
+    assert f"torch=={resolved['torch']}" == reqs["torch"]
+    assert f"torchvision=={resolved['torchvision']}" == reqs["torchvision"]
 
 
 def test_to_environment_carries_the_row() -> None:

@@ -105,6 +105,7 @@ def test_failed_run_exits_1_with_the_rank_error(source: Path, tmp_path: Path) ->
     assert "Failed" in done.stdout and "rank 0" in done.stdout and "exit code 7" in done.stdout
 
 
+@pytest.mark.mpi  # two ranks: the plan names mpirun/mpiexec
 def test_job_file_and_dry_run_print_the_plan_and_create_nothing(
     source: Path, tmp_path: Path
 ) -> None:
@@ -120,8 +121,6 @@ def test_job_file_and_dry_run_print_the_plan_and_create_nothing(
     )
     home = tmp_path / "home"
     done = fitdock("run", str(job), "--dry-run", home=home)
-    if "no mpirun or mpiexec" in done.stderr:
-        pytest.skip("needs an MPI launcher")
     assert done.returncode == 0, done.stderr
     assert " -n 2 " in done.stdout
     assert "train.py --lr 0.1" in done.stdout
@@ -193,8 +192,6 @@ def test_distribution_flags_choose_the_launcher(
         "run", "--source-directory", str(source), "--entry-script", "train.py", "-n", "2",
         "--user-managed", "--dry-run", *flags, home=tmp_path,
     )  # fmt: skip
-    if "no mpirun or mpiexec" in done.stderr:
-        pytest.skip("needs an MPI launcher")
     assert done.returncode == 0, done.stderr
     for text in expected:
         assert text in done.stdout

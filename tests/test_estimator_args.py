@@ -466,7 +466,7 @@ def test_script_params_list_is_argv_already() -> None:
 
 @pytest.mark.parametrize("bad", ["--lr 0.1", {"--x": {"a": 1}}, {"": 1}])
 def test_script_params_bad_shapes(bad: object) -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(SpecError, match="script_params"):
         script_params_to_argv(bad)  # type: ignore[arg-type]
 
 

@@ -59,6 +59,20 @@ def test_chainer_example_resumed_ends_where_an_uninterrupted_run_ends() -> None:
     assert len(resumed.get_metrics()["loss"]) == 2  # epochs 2 and 3 only
 
 
+def check_resumed(first: Run, resumed: Run, done: int, epochs: int) -> None:
+    """``first`` completed ``done`` epochs and left their checkpoint; ``resumed`` started from
+    it (rank 0 says so, from the copy in its resume_dir) and trained only the epochs after."""
+    assert first.status is RunStatus.COMPLETED, first.error
+    assert (first.checkpoint_dir / f"checkpoint_epoch_{done}.pt").is_file()
+    assert resumed.status is RunStatus.COMPLETED, resumed.error
+    log = (resumed.log_dir / "rank_0.stdout.log").read_text()
+    copy = resumed.run_dir / "resume" / f"checkpoint_epoch_{done}.pt"
+    assert f"resumed from {copy} after epoch {done}" in log, log
+    assert f"epoch {done}:" not in log  # no epoch of the first run trained again
+    losses = resumed.get_metrics("loss", as_lists=True)["loss"]
+    assert len(losses) == epochs - done  # epochs done+1 .. epochs only
+
+
 @pytest.mark.torch
 @pytest.mark.mpi
 def test_pytorch_example_ddp_over_mpi_ranks_then_resume() -> None:
@@ -80,7 +94,7 @@ def test_pytorch_example_ddp_over_mpi_ranks_then_resume() -> None:
     assert len(hashes) == 1  # DDP kept the two ranks' parameters identical
     first = fit(1)
     resumed = fit(2, resume_from=first.id)
-    assert resumed.status is RunStatus.COMPLETED, resumed.error
+    check_resumed(first, resumed, done=1, epochs=2)
     final = [json.loads((r.output_dir / "final.json").read_text()) for r in (whole, resumed)]
     assert final[0]["params_sha256"] == final[1]["params_sha256"]
 
@@ -105,7 +119,7 @@ def test_pytorch_horovod_example_then_resume() -> None:
     assert len(hashes) == 1  # Horovod's DistributedOptimizer kept the ranks identical
     first = fit(2)
     resumed = fit(3, resume_from=first)
-    assert resumed.status is RunStatus.COMPLETED, resumed.error
+    check_resumed(first, resumed, done=2, epochs=3)
     final = [json.loads((r.output_dir / "final.json").read_text()) for r in (whole, resumed)]
     assert final[0]["params_sha256"] == final[1]["params_sha256"]
 

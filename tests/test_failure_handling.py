@@ -45,13 +45,20 @@ print("loading shard 3", flush=True)
 time.sleep(60)
 """
 
+# Quiet but for heartbeats, every 0.25 s for 4 s: twice BEAT_HANG, counted from the first
+# beat (the watchdog counts from launch, so a slow interpreter start on a loaded machine
+# must not be mistaken for a hang: BEAT_HANG leaves it 2 s to get to its first beat).
+BEAT_HANG = 2
 BEATS = """\
 import time
 from fitdock import Run
 ctx = Run.get_context()
-for _ in range(8):
+ctx.heartbeat()
+first = time.time()
+for _ in range(16):
     time.sleep(0.25)
     ctx.heartbeat()
+(ctx.output_dir / "quiet_for.txt").write_text(str(time.time() - first))
 """
 
 
@@ -66,22 +73,30 @@ def test_a_silent_job_is_stopped_as_hung_with_its_last_line(tmp_path: Path) -> N
     est = Estimator(
         script(tmp_path, HANGS), entry_script="train.py", user_managed=True, hang_timeout_seconds=1
     )
-    start = time.monotonic()
     run = est.fit()
-    assert time.monotonic() - start < 10
+    returned = time.time()
     assert run.status is RunStatus.FAILED
     assert run.error is not None
     assert run.error["reason"] == "hung"
     assert "hang_timeout_seconds=1" in run.error["message"]
     assert run.error["last_lines"] == {"0": "loading shard 3"}
+    # measured from the job's last line (its log's last write), not from launch: stopped
+    # after the 1 s of silence, not before, and well before the script's 60 s sleep ends
+    last_line = (run.log_dir / "rank_0.stdout.log").stat().st_mtime
+    assert 1.0 <= returned - last_line < 10, returned - last_line
 
 
 def test_heartbeats_keep_a_quiet_job_alive(tmp_path: Path) -> None:
     est = Estimator(
-        script(tmp_path, BEATS), entry_script="train.py", user_managed=True, hang_timeout_seconds=1
+        script(tmp_path, BEATS),
+        entry_script="train.py",
+        user_managed=True,
+        hang_timeout_seconds=BEAT_HANG,
     )
     run = est.fit()
     assert run.status is RunStatus.COMPLETED, run.error
+    quiet_for = float((run.output_dir / "quiet_for.txt").read_text())
+    assert quiet_for > BEAT_HANG  # without the beats the watchdog would have stopped it
 
 
 # ---------------------------------------------------------------------------------------------

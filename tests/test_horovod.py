@@ -6,11 +6,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from fitdock import Horovod, Mpi, PyTorch, RunStatus
 from fitdock.distributions.horovod import horovodrun_argv
-from fitdock.errors import MpiMismatchError
+from fitdock.errors import MpiMismatchError, SpecError
 
 MPICH_HERE = str(Path(sys.executable).parent / "mpiexec")  # the mpi extra's MPICH
 
@@ -93,7 +92,7 @@ def test_a_failing_horovod_rank_is_named(source: Path) -> None:
 
 
 def test_gloo_needs_horovodrun() -> None:
-    with pytest.raises(ValidationError, match="launcher='horovodrun'"):
+    with pytest.raises(SpecError, match="launcher='horovodrun'"):
         Horovod(controller="gloo")
 
 

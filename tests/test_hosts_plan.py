@@ -7,7 +7,6 @@ import shlex
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from fitdock import Estimator, Hosts, Mpi, PyTorch, PyTorchConfiguration
 from fitdock.distributions.mpi import Flavor, MpiLauncher
@@ -15,6 +14,7 @@ from fitdock.distributions.mpimatch import MpiMatch
 from fitdock.errors import SpecError
 from fitdock.specs.compute import Host
 from fitdock.targets.hosts import target as hosts_target
+from fitdock.targets.hosts.target import AGENT_FILE, agent_program
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_host_parsing_and_hostfile(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("bad", ["node;rm -rf /", "$(hostname)", "-oProxyCommand=x"])
 def test_host_names_cannot_smuggle_shell_or_options(bad: str) -> None:
-    with pytest.raises(ValidationError, match="not a host name"):
+    with pytest.raises(SpecError, match="not a host name"):
         Hosts([bad])
 
 
@@ -78,6 +78,7 @@ def test_open_mpi_plan_places_ranks_on_the_hosts(source: Path, open_mpi: None) -
     assert argv[argv.index("btl_tcp_if_include") + 1] == "10.9.0.0/24"
     exported = {argv[i + 1] for i, word in enumerate(argv) if word == "-x"}
     assert {"FITDOCK_RUN_ID", "FITDOCK_LOG_DIR", "MASTER_ADDR", "PYTHONUNBUFFERED"} <= exported
+    assert "FITDOCK_ATTEMPT" in exported  # set by the supervisor for each attempt
     assert plan.env["MASTER_ADDR"] == "n1"
     assert argv[-2:] == [str(Path(argv[-2])), "train.py"]
 
@@ -128,12 +129,16 @@ def test_mpich_needs_a_one_program_agent(source: Path, monkeypatch: pytest.Monke
     argv = est.plan().argv
     assert argv[argv.index("-launcher-exec") + 1] == "/a"
     assert argv[argv.index("-hosts") + 1] == "n1:1,n2:1"
+    hosts = Hosts(["n1:1", "n2:1"], ssh_port=2222)
     est = Estimator(
-        source, entry_script="train.py", compute_target=Hosts(["n1:1", "n2:1"], ssh_port=2222),
+        source, entry_script="train.py", compute_target=hosts,
         node_count=2, distributed_training=Mpi(), user_managed=True,
     )  # fmt: skip
-    with pytest.raises(SpecError, match="one program"):
-        est.plan()
+    argv = est.plan().argv  # ssh with options: fitdock writes the one program before the attempt
+    assert Path(argv[argv.index("-launcher-exec") + 1]).name == AGENT_FILE
+    assert agent_program(hosts) == (
+        '#!/bin/sh\nexec ssh -o BatchMode=yes -o StrictHostKeyChecking=accept-new -p 2222 "$@"\n'
+    )
 
 
 def test_the_name_hosts_alone_asks_for_the_list(source: Path) -> None:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import pid_alive, wait_until
 from netns import NamespaceHosts, namespace_hosts, netns_unavailable, require, sshd_unavailable
 
 from fitdock import Estimator, Hosts, Mpi, PyTorch, PyTorchConfiguration, RunStatus
@@ -140,11 +141,17 @@ def test_a_rank_killed_on_one_host_stops_every_rank_on_every_host(
         [f"{h.address}:2" for h in net.hosts], agent=(str(net.agent),), network=net.subnet
     )
     run = mpi_job(source, target, OPEN_MPI, "die").fit(wait=False)
-    pids = []
-    deadline = time.monotonic() + 60
-    while len(pids) < 4 and time.monotonic() < deadline:
-        pids = [p for p in run.output_dir.glob("pid*")]
-        time.sleep(0.05)
+    pids: dict[str, int] = {}
+
+    def every_rank_wrote_its_pid() -> bool:
+        for path in run.output_dir.glob("pid*"):
+            text = path.read_text().strip()  # empty while the rank is still writing it
+            if text:
+                pids[path.name] = int(text)
+        return len(pids) == 4
+
+    # every rank writes its pid before the barrier that rank 3 dies after
+    assert wait_until(every_rank_wrote_its_pid, timeout=60), f"pid files: {sorted(pids)}"
     run.wait_for_completion(raise_on_error=False)
     died = run.record["ranks"]["3"]["ended"]
     gone_by = time.time()
@@ -154,8 +161,8 @@ def test_a_rank_killed_on_one_host_stops_every_rank_on_every_host(
     assert run.error["host"] == net.hosts[1].hostname
     assert "rank 3 dies" in run.error["stderr_tail"]
     assert gone_by - died < 5.0
-    for path in pids:
-        assert not Path(f"/proc/{path.read_text()}").exists(), f"{path.name} outlived the job"
+    for name, pid in pids.items():
+        assert not pid_alive(pid), f"{name} ({pid}) outlived the job"
 
 
 @pytest.mark.torch

@@ -129,7 +129,8 @@ def test_render_environment_yml_defaults() -> None:
 
 
 def test_conda_lock_spec_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("conda_lock")
+    # conda-lock is the `lock` extra, in `all` (scripts/setup-venv.sh): without it this fails
+    # with conda_lock_spec's own NotAvailableError, which names the extra
     for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         monkeypatch.setenv(name, "http://127.0.0.1:9")  # any network use would fail
     spec = json.loads(conda_lock_spec(MIXED, tmp_path / "work"))

@@ -14,7 +14,11 @@ from helpers import run_dirs, write_script
 from fitdock import Estimator, Run, RunStatus
 
 STEPS = 24
-CUT_AFTER = 0.8  # seconds: the deadline lands mid-way through the 24 x 0.05 s steps
+# The cut run writes its checkpoint of step STALL_AT, then waits (in a job that reaches it
+# from its first line in a few hundredths of a second): whenever the interpreter got going
+# on a loaded machine, the deadline finds it there, mid-way, at a known step.
+STALL_AT = 10
+CUT_AFTER = 4.0  # seconds from launch: room for a slow interpreter start
 
 TRAIN = """
 import json, os, time
@@ -26,7 +30,9 @@ state, step = 1, 0
 if ctx.resume_dir is not None and (ctx.resume_dir / "state.json").exists():
     saved = json.loads((ctx.resume_dir / "state.json").read_text())
     state, step = saved["state"], saved["step"]
-    tamper = {"resume_dir": str(ctx.resume_dir)}
+    tamper = {"resume_dir": str(ctx.resume_dir),
+              "modes": {p.name: os.stat(p).st_mode & 0o777
+                        for p in (ctx.resume_dir, ctx.resume_dir / "state.json")}}
     for what, path in (("overwrite", ctx.resume_dir / "state.json"),
                        ("create", ctx.resume_dir / "new-file")):
         try:
@@ -42,6 +48,9 @@ while step < steps:
     tmp = ctx.checkpoint_dir / "state.json.tmp"
     tmp.write_text(json.dumps({"state": state, "step": step}))
     os.replace(tmp, ctx.checkpoint_dir / "state.json")
+    if step == int(os.environ.get("STALL_AT", "0")):
+        (ctx.output_dir / "stalled").write_text(str(time.time()))
+        time.sleep(60)  # the deadline ends it here
     time.sleep(0.05)
 (ctx.output_dir / "final.json").write_text(json.dumps({"state": state, "step": step}))
 """
@@ -62,12 +71,12 @@ class Cut(NamedTuple):
     checkpoint: bytes
 
 
-def estimator(src: Path, **kwargs: object) -> Estimator:
+def estimator(src: Path, env: dict[str, object] | None = None, **kwargs: object) -> Estimator:
     return Estimator(
         src,
         entry_script="train.py",
         user_managed=True,
-        environment_variables={"STEPS": STEPS},
+        environment_variables={"STEPS": STEPS, **(env or {})},
         termination_grace_seconds=1,
         **kwargs,  # type: ignore[arg-type]
     )
@@ -82,7 +91,7 @@ def cut_run(tmp_path_factory: pytest.TempPathFactory) -> Cut:
     try:
         src = write_script(base / "src", TRAIN)
         full = estimator(src).fit()
-        cut = estimator(src, max_run_duration_seconds=CUT_AFTER).fit()
+        cut = estimator(src, {"STALL_AT": STALL_AT}, max_run_duration_seconds=CUT_AFTER).fit()
         saved = cut.checkpoint_dir / "state.json"
         checkpoint = saved.read_bytes() if saved.exists() else b'{"step": 0}'  # asserted below
     finally:
@@ -108,7 +117,8 @@ def test_deadline_cuts_the_run_mid_way(in_cut_home: Cut) -> None:
     assert cut.status is RunStatus.TIMED_OUT
     assert not (cut.output_dir / "final.json").exists()
     saved = json.loads(in_cut_home.checkpoint)
-    assert 0 < saved["step"] < STEPS, saved
+    assert saved["step"] == STALL_AT, saved  # 0 < STALL_AT < STEPS: mid-way
+    assert (cut.output_dir / "stalled").exists()
 
 
 RESUME_FROM = {
@@ -142,9 +152,11 @@ def test_resume_dir_is_a_copy_that_cannot_spoil_the_original(in_cut_home: Cut, k
     tamper = json.loads((resumed.output_dir / "tamper.json").read_text())
     assert Path(tamper["resume_dir"]) == resumed.run_dir / "resume"
     assert Path(tamper["resume_dir"]) != cut.checkpoint_dir
-    if os.geteuid() != 0:  # root writes through any mode bits; the copy still protects
-        assert tamper["overwrite"] == "PermissionError"
-        assert tamper["create"] == "PermissionError"
+    # the copy is read-only by its mode bits, as the job saw them before trying to write
+    # (root writes through them, and CI runs as root; the original is safe either way)
+    assert tamper["modes"] == {"resume": 0o555, "state.json": 0o444}
+    expected = "succeeded" if os.geteuid() == 0 else "PermissionError"
+    assert (tamper["overwrite"], tamper["create"]) == (expected, expected)
     # whatever the script did to its copy, the original checkpoint is as the cut run left it
     assert (cut.checkpoint_dir / "state.json").read_bytes() == in_cut_home.checkpoint
     assert sorted(p.name for p in cut.checkpoint_dir.iterdir()) == ["state.json"]

@@ -385,6 +385,21 @@ def test_status_line_prints_plain_lines_per_phase(fitdock_home: Path) -> None:
     ]
 
 
+def test_a_fit_shows_every_phase_from_resolving_to_ended(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fit(show_output=True) with output that is not a terminal: one plain line a phase."""
+    src = write_script(tmp_path / "src", "print('trained')\n")
+    run = Estimator(src, entry_script="train.py", user_managed=True).fit(show_output=True)
+    assert run.status is RunStatus.COMPLETED
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("fitdock:")]
+    phases = [line.split(": ", 2)[2] for line in lines]
+    assert phases[:2] == ["resolving", f"snapshot ({src})"]
+    assert lines[0].startswith("fitdock: job train:")
+    assert "running" in phases and phases[-1].startswith("ended (Completed after")
+    assert phases.index("running") > phases.index(f"snapshot ({src})")
+
+
 def test_status_line_live_prints_logs_above_it(two_runs: tuple[Path, str, str]) -> None:
     home, a, _ = two_runs
     out = io.StringIO()

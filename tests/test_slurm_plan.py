@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
 from fitdock import Estimator, Horovod, Mpi, PyTorchConfiguration, Slurm
 from fitdock.distributions.mpi import Flavor, MpiLauncher
@@ -199,7 +198,7 @@ def test_scontrol_without_a_job_line() -> None:
     ],
 )
 def test_bad_slurm_settings_name_the_field(field: str, value: object) -> None:
-    with pytest.raises(ValidationError, match=field):
+    with pytest.raises(SpecError, match=field):
         Slurm(**{field: value})  # type: ignore[arg-type]
 
 

@@ -33,7 +33,9 @@ print(json.dumps({"mpi_rank": comm.Get_rank(), "size": comm.Get_size(), "sum": t
 
 # Deterministic "training": STEPS steps of STEP_SECONDS, a checkpoint after each, resumed from
 # FITDOCK_RESUME_DIR; on SIGTERM it saves and exits 0 at once (the step's state is complete).
-# Every rank computes the same state; rank 0 writes the files.
+# Every rank computes the same state; rank 0 writes the files. With HOLD_AT=n the first
+# attempt stops after step n and waits for its time limit there: it is cut at a known step
+# however slowly the interpreter started.
 STEPS_SCRIPT = """
 import json, os, signal, sys, time
 from pathlib import Path
@@ -48,8 +50,13 @@ if resume and (Path(resume) / "state.json").exists():
 stop = []
 signal.signal(signal.SIGTERM, lambda *_: stop.append(time.time()))
 print(f"attempt {os.environ['FITDOCK_ATTEMPT']} starts at step {step}", flush=True)
+hold = os.environ["FITDOCK_ATTEMPT"] == "1" and int(os.environ.get("HOLD_AT", "0"))
 while step < int(os.environ["STEPS"]) and not stop:
     time.sleep(float(os.environ["STEP_SECONDS"]))
+    while hold and step == hold and not stop:  # attempt 1 waits here for its time limit
+        time.sleep(0.05)
+    if stop:
+        break
     state = (state * 1103515245 + 12345) % 2**31
     step += 1
     if writer:
@@ -65,13 +72,15 @@ if writer:
 """
 
 
-def steps_job(src: Path, steps: int, step_seconds: float, **kwargs: Any) -> Estimator:
+def steps_job(
+    src: Path, steps: int, step_seconds: float, hold_at: int = 0, **kwargs: Any
+) -> Estimator:
     return Estimator(
         write_script(src, STEPS_SCRIPT),
         entry_script="train.py",
         compute_target=kwargs.pop("compute_target", Slurm()),
         user_managed=True,
-        environment_variables={"STEPS": steps, "STEP_SECONDS": step_seconds},
+        environment_variables={"STEPS": steps, "STEP_SECONDS": step_seconds, "HOLD_AT": hold_at},
         termination_grace_seconds=5,
         **kwargs,
     )
@@ -139,7 +148,9 @@ def test_overrun_checkpoints_is_requeued_and_ends_like_an_uninterrupted_run(
     slurm: Any, tmp_path: Path
 ) -> None:
     whole = steps_job(tmp_path / "src", steps=16, step_seconds=0.1).fit()
-    cut = steps_job(tmp_path / "src", steps=16, step_seconds=0.1, max_run_duration_seconds=1.0)
+    cut = steps_job(
+        tmp_path / "src", steps=16, step_seconds=0.1, hold_at=3, max_run_duration_seconds=2.0
+    )
     run = cut.fit()
     assert whole.status is RunStatus.COMPLETED, whole.error
     assert run.status is RunStatus.COMPLETED, run.error
@@ -147,7 +158,7 @@ def test_overrun_checkpoints_is_requeued_and_ends_like_an_uninterrupted_run(
     attempts = run.record["attempts"]
     assert len(attempts) >= 2
     assert attempts[0]["outcome"] == "timeout" and attempts[0]["requeued"] is True
-    assert attempts[0]["detail"] == "exceeded max_run_duration_seconds=1"
+    assert attempts[0]["detail"] == "exceeded max_run_duration_seconds=2"
     assert attempts[-1]["outcome"] == "completed" and attempts[-1]["resumed"] is True
     assert (run.output_dir / "sigterm-1").read_text() == "1"  # SIGTERM reached the rank once
     assert (
@@ -155,7 +166,7 @@ def test_overrun_checkpoints_is_requeued_and_ends_like_an_uninterrupted_run(
         .read_text()
         .startswith("attempt 1 starts at step 0")
     )
-    assert "starts at step 0" not in (run.log_dir / "rank_0.stdout.log").read_text()
+    assert "attempt 2 starts at step 3" in (run.log_dir / "rank_0.stdout.log").read_text()
     assert run.record["slurm"]["state"] == "COMPLETED"
 
 

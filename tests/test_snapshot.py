@@ -336,10 +336,8 @@ def reflink_dir(tmp_path: Path) -> Iterator[Path]:
     subprocess.run([mkfs, "-q", "-m", "reflink=1", str(image)], check=True)
     done = subprocess.run(["mount", "-o", "loop", str(image), str(mount)], capture_output=True)
     if done.returncode != 0:
-        message = f"cannot loop-mount an XFS image: {done.stderr.decode().strip()}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        # a skip here; with CI=true the CI guard of conftest.py makes it a failure
+        pytest.skip(f"cannot loop-mount an XFS image: {done.stderr.decode().strip()}")
     try:
         yield mount
     finally:

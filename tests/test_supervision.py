@@ -22,32 +22,35 @@ from helpers import (
 
 from fitdock import Estimator, Run, RunStatus
 from fitdock.errors import RunFailedError
+from fitdock.jobside.jobtree import ORPHAN_GRACE
 
 DEADLINE = 1.0
 GRACE = 1.0
 
 SLEEPER = RECORD_PID + "import time\ntime.sleep(60)\n"
 
+# The pid is the script's "ready" marker: these two write it only once their SIGTERM
+# handler is in place, so a test that acts on the pid never races the handler.
 TRAPS_TERM = (
-    RECORD_PID
-    + """
-import signal, sys, time
+    """
+import os, signal, sys, time
 def save(*_):
     with open(os.environ["CKPT_FILE"], "w") as f:
         f.write("checkpoint saved")
     sys.exit(0)
 signal.signal(signal.SIGTERM, save)
-time.sleep(60)
 """
+    + RECORD_PID
+    + "time.sleep(60)\n"
 )
 
 IGNORES_TERM = (
-    RECORD_PID
-    + """
+    """
 import signal, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)
-time.sleep(60)
 """
+    + RECORD_PID
+    + "time.sleep(60)\n"
 )
 
 
@@ -225,7 +228,8 @@ ranks = int(sys.argv[1])
 est = Estimator(sys.argv[2], entry_script="train.py", user_managed=True,
                 environment_variables={"PID_FILE": sys.argv[3]},
                 process_count_per_node=ranks, distributed_training=Mpi() if ranks > 1 else None)
-run = est.fit(wait=False)
+from fitdock.execution.submit import submit
+run = submit(est.job_spec, wait=False)  # supervised in this process (fit(wait=False) detaches)
 print(run.id, flush=True)
 run.wait_for_completion()
 """
@@ -242,13 +246,18 @@ def _kill_the_supervisor(tmp_path: Path, ranks: int) -> str:
         run_id = parent.stdout.readline().strip()
         assert run_id, parent.stderr.read()
         pids = read_pids(pid_file, ranks)
-        assert wait_until(lambda: Run(run_id).status is RunStatus.RUNNING, 5)
+        assert wait_until(lambda: Run(run_id).status is RunStatus.RUNNING, 30)
         os.kill(parent.pid, signal.SIGKILL)
         parent.wait(timeout=10)
         killed_at = time.monotonic()
         gone = wait_until(lambda: not any(pid_alive(pid) for pid in pids), timeout=5.0)
+        took = time.monotonic() - killed_at
         assert gone, f"job processes {pids} outlived their supervisor by more than 5 s"
-        assert time.monotonic() - killed_at < 5.0
+        # the README's number: SIGTERM (ignored here) at once, SIGKILL ORPHAN_GRACE = 2 s
+        # later; a lower bound holds on any machine, the upper one allows for load
+        if ranks == 1:  # (Hydra may SIGKILL its ranks itself on SIGTERM)
+            assert took >= ORPHAN_GRACE - 0.1, f"SIGKILL came {took:.2f} s after the loss"
+        assert took < 5.0
     finally:
         if parent.poll() is None:
             parent.kill()
@@ -290,7 +299,8 @@ import sys
 from fitdock import Estimator
 est = Estimator(sys.argv[1], entry_script="train.py", user_managed=True,
                 environment_variables={"PID_FILE": sys.argv[2]}, termination_grace_seconds=1)
-run = est.fit(wait=False)
+from fitdock.execution.submit import submit
+run = submit(est.job_spec, wait=False)  # supervised in this process (fit(wait=False) detaches)
 print(run.id, flush=True)
 try:
     run.wait_for_completion()
@@ -308,7 +318,7 @@ def test_ctrl_c_while_waiting_cancels_the_run(tmp_path: Path) -> None:
         assert parent.stdout is not None
         run_id = parent.stdout.readline().strip()
         pids = read_pids(pid_file)
-        assert wait_until(lambda: Run(run_id).status is RunStatus.RUNNING, 5)
+        assert wait_until(lambda: Run(run_id).status is RunStatus.RUNNING, 30)
         os.kill(parent.pid, signal.SIGINT)
         out, err = parent.communicate(timeout=10)
     finally:

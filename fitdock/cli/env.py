@@ -1,4 +1,5 @@
 """``fitdock env list|show|build|lock|prune``: the catalogue, virtualenvs, locks.
+``prune --leftovers`` removes only what killed builds left.
 
 :func:`load_environment` (a catalogue name or a file) also serves ``fitdock images``.
 """
@@ -37,8 +38,15 @@ def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     lock.add_argument("ref", help=REF_HELP)
     lock.add_argument("-o", "--output", type=Path, help="the lock file (default: NAME.lock.txt)")
     lock.set_defaults(func=cmd_lock)
-    prune = actions.add_parser("prune", help="remove built virtualenvs")
+    prune = actions.add_parser(
+        "prune", help="remove built virtualenvs, and what killed builds left"
+    )
     prune.add_argument("--older-than", type=float, metavar="DAYS", help="only those unused as long")
+    prune.add_argument(
+        "--leftovers",
+        action="store_true",
+        help="only what killed builds left (half-built folders, stale lock files)",
+    )
     prune.set_defaults(func=cmd_prune)
 
 
@@ -120,7 +128,7 @@ def cmd_lock(ns: argparse.Namespace) -> int:
 def cmd_prune(ns: argparse.Namespace) -> int:
     from fitdock.environments.venv import prune
 
-    removed = prune(older_than_days=ns.older_than)
+    removed = prune(older_than_days=ns.older_than, leftovers_only=ns.leftovers)
     for path in removed:
         print(f"removed {path}")
     print(f"{len(removed)} removed")

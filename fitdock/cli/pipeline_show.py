@@ -7,9 +7,12 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from fitdock.pipelines.record import PipelineRecord, StepState
 from fitdock.runs.status import RunStatus
+
+if TYPE_CHECKING:  # importing the pipelines package costs every `fitdock` command 0.3 s
+    from fitdock.pipelines.record import PipelineRecord, StepState
 
 WIDTH = 100  # lines stay within this many columns
 SHORT = 60  # a function step's result, as compact JSON, is shown when at most this long

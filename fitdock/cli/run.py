@@ -45,6 +45,12 @@ def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.add_argument("--hang-timeout", type=float, metavar="SECONDS", help="stop a silent job")
     run.add_argument("--max-restarts", type=int, metavar="N", help="restart after a failure (0)")
     run.add_argument("--target", help="compute target: local (default), docker or slurm")
+    run.add_argument(
+        "--tracking",
+        choices=["mlflow", "off"],
+        help="mirror the run to MLflow (default: on when MLFLOW_TRACKING_URI is set)",
+    )
+    run.add_argument("--tracking-uri", metavar="URI", help="the MLflow tracking URI")
     _add_slurm_flags(run)
     run.add_argument(
         "--user-managed", action="store_true", default=None, help="use this interpreter as is"
@@ -54,7 +60,11 @@ def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.add_argument("--env", action="append", metavar="NAME=VALUE", help="variable for the job")
     run.add_argument("--resume-from", metavar="RUN_OR_DIR", help="a run id or checkpoint folder")
     run.add_argument("--dry-run", action="store_true", help="print the launch plan; run nothing")
-    run.add_argument("--detach", action="store_true", help="print the run id and return at once")
+    run.add_argument(
+        "--detach",
+        action="store_true",
+        help="print the run id and return at once; a process of its own supervises the run",
+    )
     run.add_argument("--quiet", action="store_true", help="do not stream the job's output")
     run.set_defaults(func=cmd_run)
 
@@ -81,7 +91,10 @@ def _add_slurm_flags(run: argparse.ArgumentParser) -> None:
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    """Plan (``--dry-run``) or start the job; 0 when it completed (or was detached), else 1."""
+    """Plan (``--dry-run``) or start the job; 0 when it completed (or was detached), else 1.
+    ``--detach``: a supervisor process of its own takes the run and this returns at once;
+    else this process supervises it, and Ctrl-C cancels it (exit 130)."""
+    from fitdock.execution.submit import submit
     from fitdock.runs.status import RunStatus
 
     framework, kwargs = _job_arguments(ns)
@@ -89,7 +102,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     if ns.dry_run:
         print(estimator.plan().dry_run_text())
         return 0
-    run = estimator.fit(wait=False)
+    run = submit(estimator.job_spec, wait=False, detach=ns.detach)
     print(f"run {run.id}", flush=True)
     if ns.detach:
         return 0
@@ -117,6 +130,8 @@ def _job_arguments(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
         "use_gpu": ns.use_gpu,
         "pip_packages": ns.pip,
         "resume_from": ns.resume_from,
+        "tracking": ns.tracking,
+        "tracking_uri": ns.tracking_uri,
     }
     kwargs.update({key: value for key, value in flags.items() if value is not None})
     _slurm_target(ns, kwargs)
@@ -151,7 +166,10 @@ def _job_file(path: Path) -> dict[str, Any]:
 
 def _distribution(ns: argparse.Namespace, kwargs: dict[str, Any]) -> None:
     """``--distribution`` (and ``--backend``), or MPI when there is more than one process."""
-    processes = int(kwargs.get("process_count_per_node", 1)) * int(kwargs.get("node_count", 1))
+    try:
+        processes = int(kwargs.get("process_count_per_node", 1)) * int(kwargs.get("node_count", 1))
+    except (TypeError, ValueError):  # not counts: the estimator refuses them, naming the field
+        processes = 1
     if ns.distribution is not None:
         kwargs["distributed_training"] = {"kind": ns.distribution}
         if ns.distribution == "pytorch":

@@ -1,4 +1,4 @@
-"""``fitdock runs list|show|logs|metrics|plot|compare|cancel``: the runs under
+"""``fitdock runs list|show|logs|metrics|plot|compare|cancel|gc``: the runs under
 ``$FITDOCK_HOME``."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from fitdock.cli.table import columns
 
 if TYPE_CHECKING:
     from fitdock.runs.listing import Filters
+    from fitdock.runs.store import RunDir
 
 Scanned = list[tuple[Path, dict[str, Any]]]
 LIVE = {"Queued", "Preparing", "Running"}  # a supervisor owns these: is it still alive?
@@ -29,6 +30,11 @@ COMPARE_HELP = """What differs between runs: name, status, target, ranks, durati
 environment hash, git commit, each script parameter, and for each metric its final value
 and its best: the lowest (min) for a name containing loss, error or rmse, else the highest
 (max). Rows that are the same for every run are hidden unless --all."""
+GC_HELP = """Remove what killed submissions and dead supervisors left, and nothing else: run
+folders that never got a record (a submission killed while it snapshotted), half-written
+record files, the lock of a run whose supervisor died (marked Failed first), and the
+space reserve of a run that ended. Runs with a live supervisor are not touched; finished
+runs keep everything they wrote."""
 
 
 def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -41,6 +47,9 @@ def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _add_plot(actions)
     _add_compare(actions)
     runs_mlflow.add(actions)
+    gc = actions.add_parser("gc", help="remove what killed submissions left", description=GC_HELP)
+    gc.add_argument("--dry-run", action="store_true", help="print what would go, remove nothing")
+    gc.set_defaults(func=cmd_gc)
     for name, func, text in (
         ("show", cmd_show, "a run's summary (--json: the whole record)"),
         ("logs", cmd_logs, "a run's logs, tagged by rank"),
@@ -137,16 +146,17 @@ def _newest(scanned: Scanned, filters: Filters, limit: int) -> Scanned:
     """The newest ``limit`` runs that pass ``filters``, oldest first. Only a live-looking
     record is checked for a lost supervisor (``checked_record``), and only as far back as
     the listing reaches."""
-    from fitdock.execution.current import checked_record
     from fitdock.runs import listing
     from fitdock.runs.status import RunStatus
-    from fitdock.runs.store import RunDir
 
     shown: Scanned = []
     for path, record in reversed(scanned):
         if limit > 0 and len(shown) >= limit:
             break
         if record.get("status") in LIVE:
+            from fitdock.execution.current import checked_record  # 0.2 s: only when needed
+            from fitdock.runs.store import RunDir
+
             try:
                 record = checked_record(RunDir(path)).as_json()
             except (OSError, ValueError):
@@ -264,3 +274,69 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
     run.cancel()
     print(f"cancel requested for run {run.id}")
     return 0
+
+
+def cmd_gc(ns: argparse.Namespace) -> int:
+    from fitdock.runs.store import runs_root
+
+    root = runs_root()
+    found = [] if not root.is_dir() else _garbage(sorted(root.iterdir()))
+    for path in found:
+        print(f"{'would remove' if ns.dry_run else 'removed'} {path}")
+        if not ns.dry_run:
+            _remove(path)
+    print(f"{len(found)} {'to remove' if ns.dry_run else 'removed'}")
+    return 0
+
+
+def _garbage(folders: list[Path]) -> list[Path]:
+    """What ``gc`` removes, looked at under each run's lock (so never a live run's)."""
+    from fitdock.runs.layout import RECORD, RESERVE
+    from fitdock.runs.store import RunDir, SupervisorLock
+
+    found: list[Path] = []
+    for folder in folders:
+        if not folder.is_dir() or folder.is_symlink():
+            continue
+        run = RunDir(folder)
+        has_record = (folder / RECORD).is_file()
+        if has_record and not run.lock_path.exists():
+            continue  # a lost run already collected
+        lost = _lost(run) if has_record else False
+        if has_record and lost is None:
+            continue  # live (or asked of its scheduler), or unreadable: not ours to touch
+        with SupervisorLock(run.lock_path, blocking=False) as held:
+            if not held:
+                continue
+            if not has_record:
+                found.append(folder)  # a submission that died before its first record
+                continue
+            found += sorted(folder.glob(f".{RECORD}.*.tmp"))  # a writer killed mid-write
+            found += [p for p in (folder / RESERVE,) if p.exists()]
+        if lost:
+            found.append(run.lock_path)
+    return found
+
+
+def _lost(run: RunDir) -> bool | None:
+    """Whether an ended run lost its supervisor (``checked_record`` marks one that just
+    did); None while it lives, or when its record cannot be read."""
+    from fitdock.execution.current import checked_record
+    from fitdock.runs.record import ErrorReason
+
+    try:
+        record = checked_record(run)
+    except (OSError, ValueError):
+        return None
+    if not record.status.is_terminal:
+        return None
+    return record.error is not None and record.error.reason is ErrorReason.LOST_SUPERVISOR
+
+
+def _remove(path: Path) -> None:
+    from fitdock.jobside.common import remove_tree
+
+    if path.is_dir() and not path.is_symlink():
+        remove_tree(path)
+    else:
+        path.unlink(missing_ok=True)

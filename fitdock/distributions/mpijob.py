@@ -3,7 +3,17 @@ job runs) and the variables its ranks get, the world-size guard among them.
 
 Each target asks one of ``on_this_machine`` (local, Slurm's mpirun), ``on_host`` (the
 hosts target: the job's Python on the first host, the launcher here), ``in_image``
-(docker: both in the image) or ``under_srun`` (Slurm's srun), then ``variables``.
+(docker: both in the image) or ``under_srun`` (Slurm's srun), then ``variables``; the
+supervisor adds ``supervised_variables`` to the attempts it runs and watches itself.
+
+Open MPI's launcher signals each rank's process group (``kill(-pid)``): the script gets the
+signal itself, so its rank wrapper must not forward it again (``FITDOCK_RANK_FORWARD=0``, as
+under srun). When a rank exits non-zero, mpirun also stops the others on its own (SIGTERM,
+then SIGKILL one second later): a second SIGTERM for ranks fitdock has already told, no
+regard for ``termination_grace_seconds``, and rank wrappers killed before they record an
+exit. Where fitdock's supervisor watches the job it does that fail-fast itself, once, so
+there mpirun is told not to (``orte_abort_on_non_zero_status=0``). ``MPI_Abort`` still ends
+the whole job at once.
 """
 
 from __future__ import annotations
@@ -161,10 +171,25 @@ def variables(
             env.update(mpi_env(chosen.launcher))
         env.update(chosen.env)
         env["FITDOCK_MPI"] = chosen.describe()
+        if chosen.launcher.flavor is Flavor.OPEN_MPI:  # it signals the script itself
+            env["FITDOCK_RANK_FORWARD"] = "0"
     env["FITDOCK_WORLD_SIZE"] = str(world_size)
     guard = str(run.guard)
     env["PYTHONPATH"] = os.pathsep.join([guard, pythonpath] if pythonpath else [guard])
     return env
+
+
+# Open MPI 4 (ORTE) names; Open MPI 5's PRRTE ignores them.
+OPEN_MPI_SUPERVISED = {"OMPI_MCA_orte_abort_on_non_zero_status": "0"}
+
+
+def supervised_variables(env: dict[str, str]) -> dict[str, str]:
+    """What an attempt whose ranks fitdock's supervisor watches adds to ``env`` (its plan's
+    variables): with Open MPI's mpirun, leave stopping the other ranks after a failure to
+    fitdock's fail-fast (see the module's docstring)."""
+    if env.get("FITDOCK_MPI", "").startswith(Flavor.OPEN_MPI.value):
+        return dict(OPEN_MPI_SUPERVISED)
+    return {}
 
 
 def install_guard(run: RunDir) -> None:

@@ -88,6 +88,13 @@ def _base(name: Any) -> Environment:
     return load_catalogue().lookup("none", None, False).to_environment()
 
 
+def _file(value: Any, field: str) -> Path:
+    """A user's file argument as a path (a ``SpecError`` for anything else)."""
+    if not isinstance(value, (str, Path)) or not str(value).strip() or "\0" in str(value):
+        raise SpecError(f"{field} must be the path of a file, got {value!r}", field=field)
+    return Path(value).expanduser()
+
+
 def _check_name(name: Any) -> None:
     if not isinstance(name, str) or not name.strip():
         raise SpecError(f"Environment: name must be a non-empty string, got {name!r}", field="name")
@@ -128,7 +135,7 @@ def _from_pip_requirements(
     """fitdock's base environment with the packages of a requirements file (``-r``
     includes followed); ``pip_version`` is ignored (fitdock installs with uv)."""
     env = _base(name)
-    specs = read_requirements(Path(file_path).expanduser(), "file_path")
+    specs = read_requirements(_file(file_path, "file_path"), "file_path")
     python = _section(
         "Environment.from_pip_requirements", "file_path", env.python, pip_packages=specs
     )
@@ -143,7 +150,7 @@ def _from_conda_specification(
     fitdock builds has pip); any other conda package makes an environment that fitdock's
     builders refuse, saying what to do instead."""
     env = _base(name)
-    conda = read_conda_file(Path(file_path).expanduser(), "file_path")
+    conda = read_conda_file(_file(file_path, "file_path"), "file_path")
     python = _section(
         "Environment.from_conda_specification", "file_path", env.python,
         conda_packages=[spec for spec in conda["conda"] if _conda_name(spec) != "pip"],
@@ -176,7 +183,7 @@ class CondaDependencies:
         self._section = PythonSection()
         if conda_dependencies_file_path is not None:
             field = "conda_dependencies_file_path"
-            conda = read_conda_file(Path(conda_dependencies_file_path).expanduser(), field)
+            conda = read_conda_file(_file(conda_dependencies_file_path, field), field)
             self._update(
                 field, conda_packages=conda["conda"], pip_packages=conda["pip"],
                 channels=conda["channels"], python_version=conda["python_version"],
@@ -243,6 +250,10 @@ class CondaDependencies:
         self._add("conda_package", conda_package)
 
     def _add(self, field: str, spec: str) -> None:
+        if not isinstance(spec, str):
+            raise SpecError(
+                f"CondaDependencies: {field} must be a string, got {spec!r}", field=field
+            )
         if field.startswith("pip"):
             kept = [s for s in self._section.pip_packages if pip_name(s) != pip_name(spec)]
             self._update(field, pip_packages=[*kept, spec])
@@ -252,6 +263,10 @@ class CondaDependencies:
             self._update(field, conda_packages=[*kept, spec])
 
     def add_channel(self, channel: str) -> None:
+        if not isinstance(channel, str):
+            raise SpecError(
+                f"CondaDependencies: a channel is a string, got {channel!r}", field="channel"
+            )
         if channel not in self._section.channels:
             self._update("channel", channels=[*self._section.channels, channel])
 

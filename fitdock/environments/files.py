@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from fitdock.environments.spec import check_conda_spec, check_pip_spec, check_word
 from fitdock.errors import SpecError
 
 
@@ -29,8 +31,16 @@ def read_requirements(path: Path, field: str, _seen: frozenset[Path] = frozenset
                 field=field,
             )
         else:
-            specs.append(line)
+            specs.append(_checked(check_pip_spec, line, path, field))
     return specs
+
+
+def _checked(check: Callable[[str], str], spec: str, path: Path, field: str) -> str:
+    """``spec`` when ``check`` passes it, else a ``SpecError`` naming the file and field."""
+    try:
+        return check(spec)
+    except ValueError as exc:
+        raise SpecError(f"{field}: {path}: {exc}", field=field) from None
 
 
 def read_conda_file(path: Path, field: str) -> dict[str, Any]:
@@ -44,21 +54,29 @@ def read_conda_file(path: Path, field: str) -> dict[str, Any]:
     conda: list[str] = []
     pip: list[str] = []
     python_version = None
+    for key in ("dependencies", "channels"):
+        if not isinstance(data.get(key) or [], list):
+            raise SpecError(f"{field}: {path}: {key} must be a list", field=field)
     for dep in data.get("dependencies") or []:
         if isinstance(dep, dict) and "pip" in dep:
-            pip += [str(item) for item in dep["pip"] or []]
+            if not isinstance(dep["pip"] or [], list):
+                raise SpecError(f"{field}: {path}: pip must be a list of packages", field=field)
+            pip += [_checked(check_pip_spec, str(item), path, field) for item in dep["pip"] or []]
         elif isinstance(dep, str):
             name = dep.split("=")[0].split("<")[0].split(">")[0].strip()
             if name == "python" and "=" in dep:
                 python_version = dep.split("=")[-1].strip().rstrip(".*") or None
             else:
-                conda.append(dep)
+                conda.append(_checked(check_conda_spec, dep, path, field))
         else:
             raise SpecError(
                 f"{field}: {path} has a dependency {dep!r} fitdock cannot read", field=field
             )
+    channels = [str(c) for c in data.get("channels") or []]
+    for channel in channels:
+        _checked(lambda text: check_word(text, "a conda channel"), channel, path, field)
     return {
-        "channels": [str(c) for c in data.get("channels") or []],
+        "channels": channels,
         "conda": conda,
         "pip": pip,
         "python_version": python_version,
@@ -70,3 +88,5 @@ def _read(path: Path, field: str) -> str:
         return path.read_text()
     except OSError as exc:
         raise SpecError(f"{field}: cannot read {path}: {exc.strerror}", field=field) from exc
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{field}: {path} is not UTF-8 text: {exc}", field=field) from exc

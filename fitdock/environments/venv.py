@@ -11,7 +11,8 @@
 
 An environment is built in a temporary folder next to its final one and renamed into
 place only when complete, so a build killed at any moment never leaves one that looks
-done. The key hashes what shapes a venv: the python section (``python_version`` filled
+done; the next build of its key, and ``prune`` (``fitdock env prune --leftovers``), remove
+what it left. The key hashes what shapes a venv: the python section (``python_version`` filled
 in with this interpreter's when unset), where fitdock itself comes from (it is installed
 too, so scripts can ``from fitdock import Run``) and the lock's contents.
 """
@@ -50,7 +51,7 @@ from fitdock.environments.uvtool import (
     version_of,
 )
 from fitdock.errors import EnvironmentResolutionError, SpecError
-from fitdock.shared import fitdock_home, write_json_atomic
+from fitdock.shared import fitdock_home, pause_at, write_json_atomic
 
 __all__ = [
     "BuiltEnv",
@@ -239,6 +240,7 @@ def _build(plan: _Plan, env: Environment, interpreter: Path, log: Path | None) -
             logs=logs,
             cwd=plan.root,
         )
+        pause_at("environment")  # a test hook (fitdock.shared.pause_at); inert otherwise
         _install(plan, env, tmp, logs)
         python = tmp / "bin" / "python"  # uv resolved the set: no `pip check` needed
         packages = installed_packages(python)
@@ -336,16 +338,19 @@ def prune(
     *,
     keep_hashes: set[str] | frozenset[str] = frozenset(),
     older_than_days: float | None = None,
+    leftovers_only: bool = False,
 ) -> list[Path]:
     """Remove cached environments, except those whose key starts with one of
     ``keep_hashes`` and, with ``older_than_days``, those used more recently; also what
-    dead builds left. Environments being built are left alone. Returns what was removed."""
+    dead builds left (half-built folders, lock files of keys with no environment).
+    ``leftovers_only``: only what dead builds left. Environments being built are left
+    alone. Returns what was removed."""
     root = envs_root(home)
     if not root.is_dir():
         return []
     cutoff = None if older_than_days is None else time.time() - older_than_days * 86400
     removed = []
-    for path, marker in _complete(root):
+    for path, marker in [] if leftovers_only else _complete(root):
         if any(h and marker["key"].startswith(h) for h in keep_hashes):
             continue
         if cutoff is not None and _last_used(path).timestamp() >= cutoff:
@@ -367,7 +372,10 @@ def _complete(root: Path) -> Iterator[tuple[Path, dict[str, Any]]]:
 
 
 def _sweep(root: Path) -> list[Path]:
-    """Remove the temporary folders of builds that are no longer running."""
+    """Remove the temporary folders of builds that are no longer running (returned), then
+    the lock files of keys that have no environment and no build running (bookkeeping, not
+    returned). A lock file goes while held; a build that opened it in that instant could
+    run beside a later one, which costs a failed build, never one that looks complete."""
     removed = []
     for leftover in sorted(root.glob(".*.t*-*")):
         name = leftover.name[1:].split(".", 1)[0]
@@ -377,6 +385,12 @@ def _sweep(root: Path) -> list[Path]:
             if held:
                 _remove(leftover)
                 removed.append(leftover)
+    for lock in sorted(root.glob(".*.lock")):
+        name = lock.name[1:-5]
+        if re.fullmatch(r"[0-9a-f]{16}", name) and not (root / name).exists():
+            with _lock(lock, wait=False) as held:
+                if held and not any(root.glob(f".{name}.t*-*")):
+                    lock.unlink(missing_ok=True)
     return removed
 
 

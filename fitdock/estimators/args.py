@@ -9,13 +9,26 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fitdock.environments.spec import Environment
+from fitdock.environments.spec import (
+    Environment,
+    check_conda_spec,
+    check_image,
+    check_pip_spec,
+)
 from fitdock.errors import SpecError
+from fitdock.runs.names import MAX_NAME, is_folder_name, is_word
 from fitdock.specs.compute import ComputeTarget
-from fitdock.specs.distribution import Distribution, Horovod, Mpi, PyTorchConfiguration
+from fitdock.specs.distribution import (
+    MAX_NODES,
+    MAX_PROCESSES_PER_NODE,
+    Distribution,
+    Horovod,
+    Mpi,
+    PyTorchConfiguration,
+)
+from fitdock.specs.job import Tracking
 
-_INPUT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_VAR_NAME = _INPUT_NAME
+_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Deprecated Azure names -> their replacements.
 DEPRECATED = {
@@ -44,8 +57,8 @@ class EstimatorArgs(BaseModel):
     entry_script: str
     compute_target: ComputeTarget = "local"
     script_params: dict[str, Any] | list[Any] | None = None
-    node_count: int = Field(default=1, ge=1)
-    process_count_per_node: int = Field(default=1, ge=1)
+    node_count: int = Field(default=1, ge=1, le=MAX_NODES)
+    process_count_per_node: int = Field(default=1, ge=1, le=MAX_PROCESSES_PER_NODE)
     distributed_training: Distribution | None = None
     use_gpu: bool = False
     use_docker: bool | None = None
@@ -67,7 +80,34 @@ class EstimatorArgs(BaseModel):
     framework_version: str | None = None
     max_snapshot_size_mb: float = Field(default=300, gt=0)
     max_snapshot_files: int = Field(default=2000, ge=1)
-    experiment_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    experiment_name: str | None = None
+    tracking: Tracking | None = None
+    tracking_uri: str | None = Field(default=None, min_length=1, pattern=r"^[^\s]+$")
+
+    @field_validator("experiment_name")
+    @classmethod
+    def _experiment_name(cls, value: str | None) -> str | None:
+        if value is not None and not is_folder_name(value):
+            raise ValueError(
+                f"use 1 to {MAX_NAME} letters, digits, '_', '-' and '.', starting with a "
+                "letter or digit (it names run folders)"
+            )
+        return value
+
+    @field_validator("custom_docker_image")
+    @classmethod
+    def _image(cls, value: str | None) -> str | None:
+        return None if value is None else check_image(value)
+
+    @field_validator("pip_packages")
+    @classmethod
+    def _pip_specs(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [check_pip_spec(spec) for spec in value]
+
+    @field_validator("conda_packages")
+    @classmethod
+    def _conda_specs(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [check_conda_spec(spec) for spec in value]
 
     @field_validator("source_directory")
     @classmethod
@@ -80,7 +120,7 @@ class EstimatorArgs(BaseModel):
     @field_validator("entry_script")
     @classmethod
     def _entry_relative(cls, value: str) -> str:
-        if not value.strip():
+        if not value.strip() or "\0" in value:
             raise ValueError("must name the script to run, e.g. entry_script='train.py'")
         return value
 
@@ -91,9 +131,10 @@ class EstimatorArgs(BaseModel):
             value = {Path(str(p)).name.replace("-", "_").replace(".", "_"): p for p in value}
         if isinstance(value, dict):
             for name, path in value.items():
-                if not isinstance(name, str) or not _INPUT_NAME.match(name):
+                if not is_word(name):
                     raise ValueError(
-                        f"input name {name!r} must be a valid identifier such as 'train'"
+                        f"input name {name!r} must be a valid identifier such as 'train' "
+                        f"(up to {MAX_NAME} letters, digits and '_': it names a folder)"
                     )
                 if not Path(str(path)).expanduser().exists():
                     raise ValueError(f"input {name!r}: {path} does not exist")
@@ -103,18 +144,20 @@ class EstimatorArgs(BaseModel):
     @field_validator("environment_variables", mode="before")
     @classmethod
     def _vars_text(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            return value
-        for key, val in value.items():
-            if not isinstance(key, str) or not _VAR_NAME.match(key):
-                raise ValueError(
-                    f"{key!r} is not a variable name (letters, digits, _; no digit first)"
-                )
-            if "\0" in str(val):
-                raise ValueError(
-                    f"the value of {key} holds a NUL byte, which no process can receive"
-                )
-        return {key: str(val) for key, val in value.items()}
+        return check_variables(value)
+
+
+def check_variables(value: Any) -> Any:
+    """Variables for a job: names that a shell could export, values as text without NUL
+    (no process can receive one). Not a dict: left to the field's type to refuse."""
+    if not isinstance(value, dict):
+        return value
+    for key, val in value.items():
+        if not isinstance(key, str) or not _VARIABLE.fullmatch(key):
+            raise ValueError(f"{key!r} is not a variable name (letters, digits, _; no digit first)")
+        if "\0" in str(val):
+            raise ValueError(f"the value of {key} holds a NUL byte, which no process can receive")
+    return {key: str(val) for key, val in value.items()}
 
 
 def validate_args(owner: str, raw: dict[str, Any]) -> EstimatorArgs:
@@ -256,18 +299,4 @@ def per_node(args: EstimatorArgs) -> int:
 
 def spec_error(owner: str, exc: ValidationError) -> SpecError:
     """A pydantic error as a ``SpecError`` naming every wrong field and what it got."""
-    first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or None
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(part) for part in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
-            msg = "is not an argument of this estimator"
-        elif err["type"] == "missing":
-            msg = "is required"
-        got = (
-            "" if err["type"] in ("missing", "extra_forbidden") else f" (got {err.get('input')!r})"
-        )
-        lines.append(f"{loc}: {msg}{got}")
-    return SpecError(f"{owner}: " + "; ".join(lines), field=field)
+    return SpecError.from_pydantic(owner, exc)

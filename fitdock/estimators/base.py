@@ -19,7 +19,7 @@ from fitdock.errors import SpecError
 from fitdock.estimators.args import EstimatorArgs, node_count, per_node, validate_args
 from fitdock.specs.compute import Hosts, Slurm
 from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
-from fitdock.specs.job import JobSpec, SnapshotLimits, script_params_to_argv
+from fitdock.specs.job import JobSpec, SnapshotLimits, Tracking, script_params_to_argv
 
 if TYPE_CHECKING:
     from fitdock.execution.run import Run
@@ -77,6 +77,8 @@ class Estimator:
         max_snapshot_size_mb: float = 300,
         max_snapshot_files: int = 2000,
         experiment_name: str | None = None,
+        tracking: Tracking | None = None,
+        tracking_uri: str | None = None,
     ) -> None:
         raw = dict(locals())
         del raw["self"]
@@ -140,6 +142,8 @@ class Estimator:
             snapshot=SnapshotLimits(
                 max_size_mb=args.max_snapshot_size_mb, max_files=args.max_snapshot_files
             ),
+            tracking=args.tracking,
+            tracking_uri=args.tracking_uri,
         )
 
     # ------------------------------------------------------------------ actions
@@ -151,10 +155,11 @@ class Estimator:
 
     def fit(self, wait: bool = True, show_output: bool = False) -> Run:
         """Snapshot, launch and supervise the job. Returns a finished ``Run``, or a
-        running one at once with ``wait=False``."""
+        running one at once with ``wait=False``, supervised by a process of its own that
+        outlives this one (``execution/detached.py``)."""
         from fitdock.execution.submit import submit
 
-        return submit(self.job_spec, wait=wait, show_output=show_output)
+        return submit(self.job_spec, wait=wait, show_output=show_output, detach=not wait)
 
     # ------------------------------------------------------------------ environment
     def _merge_environment(self) -> Environment:

@@ -3,11 +3,14 @@
 ``judge`` reads the rank wrappers' exit records (and the world-size guard's markers)
 after an attempt whose launcher exited; ``settle`` does the same for a job a scheduler
 ran (``JobDescription``). Both give every rank a ``RankExit``: one whose wrapper was
-killed before it could write one says so instead of being left out.
+killed before it could write one says so instead of being left out. A failed attempt
+whose file system filled up says so (``no_space``): the rank's own words are often lost
+with its stderr and exit record on the full disk.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +20,7 @@ from fitdock.runs.follow import tail
 from fitdock.runs.layout import LAUNCHER_LOG, RANK_STDERR, RANK_STDOUT, RANK_WORLD
 from fitdock.runs.record import ErrorReason, RankExit, RunError
 from fitdock.runs.status import RunStatus
+from fitdock.shared import mount_point
 
 STATUS = {
     Outcome.COMPLETED: RunStatus.COMPLETED,
@@ -29,6 +33,8 @@ STATUS = {
     Outcome.TERMINATED: RunStatus.CANCELED,
     Outcome.PREEMPTED: RunStatus.FAILED,
 }
+FULL_BELOW = 64 * 1024  # bytes free under which a failed attempt's disk counts as full
+NO_SPACE_WORDS = "No space left on device"  # strerror(ENOSPC), as a traceback says it
 STOPPED_NOTE = "no exit status: stopped with the job (SIGKILL after the grace period)"
 
 
@@ -90,11 +96,17 @@ def judge(
         error = RunError(reason=ErrorReason.HUNG, message=detail, last_lines=last)
         return AttemptResult(stopped, code, ranks, error)
     failure = first_failure(logs)
-    if failure is not None:
-        return AttemptResult(Outcome.RANK_FAILED, code, ranks, rank_error(logs, failure))
     missing = [int(rank) for rank, exit in ranks.items() if not exit.recorded]
-    if code == 0 and not missing:
+    if failure is None and code == 0 and not missing:
         return AttemptResult(Outcome.COMPLETED, code, ranks, None)
+    full = no_space(logs, world_size)
+    if failure is not None:
+        error = rank_error(logs, failure)
+        if full is not None:
+            error = error.model_copy(update={"reason": full.reason, "message": full.message})
+        return AttemptResult(Outcome.RANK_FAILED, code, ranks, error)
+    if full is not None:
+        return AttemptResult(Outcome.LAUNCHER_FAILED, code, ranks, full)
     if code == 0:
         message = f"rank(s) {missing} ended without reporting an exit status"
         error = RunError(reason=ErrorReason.RANK_UNREPORTED, ranks=missing, message=message)
@@ -110,6 +122,29 @@ def judge(
         message=message,
     )
     return AttemptResult(Outcome.LAUNCHER_FAILED, code, ranks, error)
+
+
+def no_space(logs: Path, world_size: int) -> RunError | None:
+    """A failed attempt whose file system filled up: the run's folder has (almost) no room
+    left, or a rank's stderr says a write found none. Its rank's own words may be lost
+    (stderr is on the full disk too, and so is the exit record), so this is said plainly."""
+    try:
+        stats = os.statvfs(logs)
+        full = stats.f_bavail * stats.f_frsize < FULL_BELOW
+    except OSError:
+        full = False
+    said = any(
+        NO_SPACE_WORDS in tail(logs / RANK_STDERR.format(rank=rank)) for rank in range(world_size)
+    )
+    if not (full or said):
+        return None
+    where = mount_point(logs)
+    message = (
+        f"no space left on {where}: a write of the job (its logs, metrics, outputs or "
+        f"checkpoints under {logs.parent}) found the disk full; free space there, or set "
+        "FITDOCK_HOME to a folder on a larger disk, and run again"
+    )
+    return RunError(reason=ErrorReason.NO_SPACE, message=message)
 
 
 def rank_error(logs: Path, failure: dict[str, Any]) -> RunError:

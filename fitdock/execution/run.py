@@ -13,6 +13,7 @@ import builtins
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +131,12 @@ class Run:
         return found
 
     def get_portal_url(self) -> str:
-        """Where the run can be seen: its folder, as a ``file://`` URL."""
+        """Where the run can be seen: its MLflow page when it was mirrored to an MLflow
+        server (http/https), else its folder as a ``file://`` URL."""
+        tracking = logbook.read_record(self._dir.path).get("tracking") or {}
+        uri, experiment, mlflow_run = (tracking.get(k) for k in ("uri", "experiment_id", "run_id"))
+        if str(uri).startswith(("http://", "https://")) and experiment and mlflow_run:
+            return f"{str(uri).rstrip('/')}/#/experiments/{experiment}/runs/{mlflow_run}"
         return self._dir.path.resolve().as_uri()
 
     run_dir = property(lambda self: self._dir.path)
@@ -149,13 +155,35 @@ class Run:
         ids = [self.id, *(o if isinstance(o, str) else o.id for o in others)]
         return plot_runs(ids, metrics, out, terminal=terminal, home=self._dir.path.parent.parent)
 
+    def _register_in_mlflow(
+        self, name: str, path: str, tags: dict[str, Any] | None, description: str | None
+    ) -> dict[str, str] | None:
+        """The model's version in MLflow's registry when the run was mirrored there (a
+        failure there is a warning: the local registry still gets the version)."""
+        tracking = logbook.read_record(self._dir.path).get("tracking") or {}
+        if not tracking.get("run_id") or tracking.get("uri") is None:
+            return None
+        from fitdock.execution.tracking_session import GiveUp, Refused, register_version
+
+        uri, mlflow_run = str(tracking["uri"]), str(tracking["run_id"])
+        texts = {str(k): str(v) for k, v in (tags or {}).items()}
+        try:
+            version = register_version(uri, mlflow_run, name, path, texts, description)
+        except (GiveUp, Refused, ImportError) as exc:
+            warnings.warn(
+                f"model {name!r} registered here but not in MLflow at {uri}: {exc}", stacklevel=3
+            )
+            return None
+        return {"uri": uri, "name": name, "version": version}
+
     # ------------------------------------------------------------------ waiting
     def wait_for_completion(
         self, show_output: bool = False, raise_on_error: bool = True
     ) -> dict[str, Any]:
         """Block until the run ends; with ``show_output`` print its logs, tagged by rank.
         Like Azure, raises ``RunFailedError`` for a run that did not complete unless
-        ``raise_on_error=False``. Ctrl-C cancels a run this process supervises."""
+        ``raise_on_error=False``. Ctrl-C cancels a run this process supervises; a detached
+        one (``fit(wait=False)``) goes on, and ``cancel()`` stops it."""
         follower: StatusLine | None = None
         if show_output:  # the logs under a live status line (plain lines off a terminal)
             from fitdock.execution.status_line import StatusLine  # lazily: ranks import Run
@@ -183,7 +211,9 @@ class Run:
     def _ended(self) -> bool:
         if self._supervisor is not None:
             return self._supervisor.done.wait(POLL_SECONDS)
-        if self.status.is_terminal:
+        # Supervised elsewhere (detached, say): ended when the record is and its supervisor
+        # has let go (it writes the MLflow mirror's outcome after the end state).
+        if self.status.is_terminal and not self._dir.supervisor_alive():
             return True
         time.sleep(POLL_SECONDS)
         return False
@@ -277,7 +307,11 @@ class Run:
             raise FileNotFoundError(
                 f"run {self.id} has no file or folder {model_path!r}; see get_file_names()"
             )
-        extra = {"framework": model_framework, "framework_version": model_framework_version}
+        extra: dict[str, Any] = {
+            "framework": model_framework,
+            "framework_version": model_framework_version,
+        }
+        extra["mlflow"] = self._register_in_mlflow(model_name, model_path, tags, description)
         return register(
             model_name, source, run_id=self.id, tags=tags, properties=properties,
             description=description, extra=extra, home=self._dir.path.parent.parent,

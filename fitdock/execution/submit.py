@@ -10,8 +10,11 @@ from pathlib import Path
 from fitdock._version import __version__
 from fitdock.distributions import mpijob
 from fitdock.errors import RunNotFoundError, SpecError
+from fitdock.execution import detached
+from fitdock.execution.detached import PassedLock
 from fitdock.execution.gpu import RANKS_HERE, warn_if_no_gpu
 from fitdock.execution.run import Run
+from fitdock.execution.status_line import Phase, StatusLine
 from fitdock.execution.supervisor import Supervisor
 from fitdock.jobside.common import copy_read_only, remove_tree
 from fitdock.process import capture
@@ -19,9 +22,9 @@ from fitdock.runs.layout import CHECKPOINTS, DATA, MODEL, RECORD
 from fitdock.runs.record import ResumeInfo, RunRecord, SourceInfo, SupervisorInfo
 from fitdock.runs.snapshot import snapshot
 from fitdock.runs.status import RunStatus
-from fitdock.runs.store import RunDir, SupervisorLock, new_run_id, runs_root
-from fitdock.runs.workdir import link_run_folders
-from fitdock.shared import now_iso
+from fitdock.runs.store import RunDir, new_run_id, runs_root
+from fitdock.runs.workdir import link_run_folders, make_run_folder
+from fitdock.shared import now_iso, pause_at
 from fitdock.specs.distribution import Horovod, Mpi
 from fitdock.specs.job import JobSpec
 from fitdock.targets.plan import LaunchPlan
@@ -57,6 +60,7 @@ def submit(
     wait: bool = True,
     show_output: bool = False,
     *,
+    detach: bool = False,
     run_id: str | None = None,
     parent_id: str | None = None,
     output_folders: tuple[str, ...] = (),
@@ -65,17 +69,30 @@ def submit(
     """Check, create the run, plan, and start its supervisor. A pipeline gives the run's
     id (chosen before, so that later steps know where its outputs will be), its own id
     as ``parent_id``, and the folders under ``outputs/`` that its data lands in.
-    ``tags`` (``Experiment.submit``'s) are in the record from its first write."""
-    target = target_for(spec)
-    target.check(spec)
-    if spec.use_gpu and target.name in RANKS_HERE:
-        warn_if_no_gpu()  # else the job runs on the CPU without a word
-    source = resolve_resume(spec.resume_from)
-    run = RunDir(runs_root() / (run_id or new_run_id(spec.name)))
-    run.path.mkdir(parents=True)
-    lock = SupervisorLock(run.lock_path)
+    ``tags`` (``Experiment.submit``'s) are in the record from its first write.
+    ``detach``: the run is supervised by a process of its own, which outlives this one
+    (``detached.py``); else by a thread of this process, which waits for it before exiting."""
+    # Before the record exists the status line is told the phase by hand (resolving, snapshot);
+    # once the run is followed, the record says it.
+    line = StatusLine(label=f"job {spec.name}") if show_output else None
+    try:
+        _say(line, Phase.RESOLVING, "")
+        target = target_for(spec)
+        target.check(spec)
+        if spec.use_gpu and target.name in RANKS_HERE:
+            warn_if_no_gpu()  # else the job runs on the CPU without a word
+        source = resolve_resume(spec.resume_from)
+        pause_at("validation")  # a test hook (fitdock.shared.pause_at); inert otherwise
+        run = RunDir(runs_root() / (run_id or new_run_id(spec.name)))
+        make_run_folder(run)  # StorageError on a read-only or full home
+    except BaseException:
+        if line is not None:
+            line.close()
+        raise
+    lock = PassedLock(run.lock_path)  # a SupervisorLock that can be handed to a process
     lock.acquire()
     try:
+        _say(line, Phase.SNAPSHOT, str(spec.source_directory))
         summary = snapshot(
             spec.source_directory, run.snapshot, spec.snapshot.max_size_mb, spec.snapshot.max_files
         )
@@ -101,15 +118,28 @@ def submit(
         record = _initial_record(spec, run, plan, summary, source, resume_dir, shipped)
         record.parent_id = parent_id
         record.tags = dict(tags or {})
+        pause_at("record")
         run.write(record)
     except BaseException:
         lock.release()
         remove_tree(run.path)
         raise
-    supervisor = Supervisor(run, spec, lock, target, plan, resume_dir, show_output)
-    thread = threading.Thread(target=supervisor.run, name=f"fitdock-{run.id}")
-    handle = Run(run.id, supervisor=supervisor)
-    thread.start()
+    finally:
+        if line is not None:
+            line.close()
+    if detach:
+        try:
+            detached.start(run, detached.Handoff(spec, target, plan, resume_dir), lock)
+        except BaseException:
+            lock.release()
+            remove_tree(run.path)
+            raise
+        handle = Run(run.id)
+    else:
+        supervisor = Supervisor(run, spec, lock, target, plan, resume_dir, show_output)
+        thread = threading.Thread(target=supervisor.run, name=f"fitdock-{run.id}")
+        handle = Run(run.id, supervisor=supervisor)
+        thread.start()
     if show_output:
         print(f"fitdock: run {run.id}: snapshot of {spec.source_directory}: {summary}", flush=True)
         for folder in shipped:
@@ -117,6 +147,11 @@ def submit(
     if wait:
         handle.wait_for_completion(show_output=show_output, raise_on_error=False)
     return handle
+
+
+def _say(line: StatusLine | None, phase: Phase, detail: str) -> None:
+    if line is not None:
+        line.phase(phase, detail)
 
 
 def _initial_record(  # type: ignore[no-untyped-def]

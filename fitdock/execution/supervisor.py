@@ -1,6 +1,7 @@
 """Supervise a launched job: deadline, cancel, fail-fast, hang watchdog, restarts, record.
 
-The supervisor runs in the process that called ``fit()`` (a thread of it). It holds the
+The supervisor runs in the process that called ``fit()`` (a thread of it), or in a process
+of its own for a detached run (``detached.py``: ``fit(wait=False)``, ``--detach``). It holds the
 run's ``supervisor.lock`` while the job lives; if that process dies, the reaper stops the
 job and the lock tells later readers the run was lost.
 
@@ -8,7 +9,10 @@ It prepares the target's environment and plans again in it, then either runs the
 *attempts* itself, or, for a target whose scheduler runs them (Slurm), follows the job
 (``scheduled.follow``). After each attempt of its own, ``decide`` says whether to start
 another (``max_restarts``); the next resumes from the run's latest checkpoint, and the
-logs of the earlier one move to ``logs/attempt-<n>/``. With MLflow tracking on, a mirror
+logs of the earlier one move to ``logs/attempt-<n>/``. An attempt whose ranks all end by
+themselves ends when every rank has written its exit record: a launcher still tearing
+down (``mpirun`` can take a second, ``torchrun`` about one) is waited for and reaped by a
+thread of its own (``_reap_later``), not by ``fit()``. With MLflow tracking on, a mirror
 thread (``tracking``) sends the run to MLflow as it goes; the end waits for it, bounded.
 """
 
@@ -21,14 +25,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fitdock.distributions import mpijob
 from fitdock.errors import FitdockError, MpiMismatchError
 from fitdock.execution import scheduled, tracking
-from fitdock.execution.judge import AttemptResult, first_failure, judge
-from fitdock.jobside.common import Decision, Outcome, archive_logs, copy_checkpoint, decide
+from fitdock.execution.judge import AttemptResult, judge
+from fitdock.jobside.common import (
+    Decision,
+    Outcome,
+    archive_logs,
+    copy_checkpoint,
+    decide,
+    read_rank_exits,
+)
 from fitdock.runs.record import AttemptRecord, ErrorReason, RunError, RunRecord
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir, SupervisorLock
-from fitdock.shared import now_iso
+from fitdock.shared import now_iso, pause_at, storage_error
 from fitdock.specs.job import JobSpec
 from fitdock.targets.base import Job, Target
 from fitdock.targets.plan import LaunchPlan
@@ -36,6 +48,7 @@ from fitdock.targets.variables import base_environment
 
 POLL_SECONDS = 0.1
 FAIL_FAST_GRACE = 2.0  # SIGTERM -> SIGKILL for the other ranks when one rank failed
+LAUNCHER_TEARDOWN = 30.0  # after every rank has exited: the launcher's time to end by itself
 
 
 class Supervisor:
@@ -67,7 +80,7 @@ class Supervisor:
         return self.cancel_requested.is_set() or self.run_dir.cancel_path.exists()
 
     def run(self) -> None:
-        mirror = tracking.start(self.run_dir)  # None unless MLflow tracking is on
+        mirror = tracking.start(self.run_dir, self.spec)  # None unless tracking is on
         try:
             if not self.prepare_environment():
                 return
@@ -156,16 +169,25 @@ class Supervisor:
                     record.exit_code = result.exit_code
                     record.ranks = dict(result.ranks)
                     record.error = result.error
-            if decision is Decision.STOP:
+            if decision is Decision.STOP or not self._prepare_restart(number):
                 return
-            self._prepare_restart(number)
             number += 1
 
-    def _prepare_restart(self, finished: int) -> None:
+    def _prepare_restart(self, finished: int) -> bool:
+        """Archive the logs, copy the checkpoint, plan again; False (the run is then
+        Failed, saying why) when the checkpoint cannot be copied, a full disk most often."""
         archive_logs(self.run_dir.logs, finished)
-        if copy_checkpoint(self.run_dir.checkpoints, self.run_dir.resume):
+        try:
+            copied = copy_checkpoint(self.run_dir.checkpoints, self.run_dir.resume)
+        except OSError as exc:
+            message = str(storage_error(exc, self.run_dir.resume))
+            full = message.startswith("no space left")
+            self.fail(ErrorReason.NO_SPACE if full else ErrorReason.SUPERVISOR_ERROR, message)
+            return False
+        if copied:
             self.resume_dir = self.run_dir.resume
         self.plan = self.target.plan(self.spec, self.run_dir, self.resume_dir)
+        return True
 
     def _attempt(self, number: int) -> AttemptResult:
         plan = self.plan
@@ -175,7 +197,9 @@ class Supervisor:
             error = RunError(reason=ErrorReason.STAGING, message=str(exc))
             return AttemptResult(Outcome.LAUNCHER_FAILED, 255, {}, error)
         env = {**base_environment(), **plan.env, "FITDOCK_ATTEMPT": str(number)}
+        env.update(mpijob.supervised_variables(plan.env))
         job = self.target.launch(plan, self.run_dir, env)
+        pause_at("launch")  # a test hook (fitdock.shared.pause_at); inert otherwise
         with self.run_dir.edit() as record:
             if number == 1:
                 self.record_start(record)
@@ -183,10 +207,14 @@ class Supervisor:
             record.started_at = now_iso()
             record.reaper_pid = job.pid
             record.attempt = number
+        tearing_down = False
         try:
-            code, stopped, detail = self._watch(job)
+            code, stopped, detail, tearing_down = self._watch(job, plan)
         finally:
-            job.close()
+            if tearing_down:
+                _reap_later(job)
+            else:
+                job.close()
         try:
             self.target.after_attempt(self.spec, self.run_dir)
         except FitdockError as exc:  # the results could not be brought back from a host
@@ -195,7 +223,10 @@ class Supervisor:
         return judge(self.run_dir.logs, plan.world_size, code, stopped, detail)
 
     # ------------------------------------------------------------------ one attempt
-    def _watch(self, job: Job) -> tuple[int, Outcome | None, str]:
+    def _watch(self, job: Job, plan: LaunchPlan) -> tuple[int, Outcome | None, str, bool]:
+        """Wait for the attempt to end, stopping it when it must; its exit code, why
+        fitdock stopped it, the detail, and whether its launcher is still running (every
+        rank has reported, the launcher is tearing down)."""
         started = time.monotonic()
         started_wall = time.time()
         limit = self.spec.max_run_duration_seconds
@@ -213,10 +244,15 @@ class Supervisor:
             )
             code = job.wait(timeout)
             if code is not None:
-                return code, stopped, detail
+                return code, stopped, detail, False
+            exits = read_rank_exits(self.run_dir.logs)
+            # Every rank has ended by itself. (An attempt fitdock stops waits for its
+            # launcher, which the reaper ends at once: nothing of it outlives the run.)
+            if stopped is None and plan.rank_logs is None and _all_reported(exits, plan):
+                return _ranks_code(exits), stopped, detail, True
             now = time.monotonic()
             if stopped is None:
-                stopped, detail, grace = self._stop_reason(now, started_wall, deadline)
+                stopped, detail, grace = self._stop_reason(now, started_wall, deadline, exits)
                 if stopped is not None:
                     job.signal(signal.SIGTERM)
                     kill_at = now + grace
@@ -225,7 +261,11 @@ class Supervisor:
                 killed = True
 
     def _stop_reason(
-        self, now: float, started_wall: float, deadline: float | None
+        self,
+        now: float,
+        started_wall: float,
+        deadline: float | None,
+        exits: dict[int, dict[str, Any]],
     ) -> tuple[Outcome | None, str, float]:
         grace = self.spec.termination_grace_seconds
         if self.canceled():
@@ -233,7 +273,7 @@ class Supervisor:
         if deadline is not None and now >= deadline:
             limit = self.spec.max_run_duration_seconds or 0
             return Outcome.TIMED_OUT, f"exceeded max_run_duration_seconds={limit:g}", grace
-        if first_failure(self.run_dir.logs) is not None:
+        if any(r["exit_code"] != 0 for r in exits.values()):
             return Outcome.RANK_FAILED, "", FAIL_FAST_GRACE
         hang = self.spec.hang_timeout_seconds
         if hang is not None:
@@ -262,3 +302,29 @@ class Supervisor:
             except OSError:
                 continue
         return newest
+
+
+def _all_reported(exits: dict[int, dict[str, Any]], plan: LaunchPlan) -> bool:
+    return all(rank in exits for rank in range(plan.world_size))
+
+
+def _ranks_code(exits: dict[int, dict[str, Any]]) -> int:
+    """The attempt's exit code from its ranks' records: the first failure's, else 0."""
+    failed = [r for r in exits.values() if r["exit_code"] != 0]
+    return int(min(failed, key=lambda r: r["ended"])["exit_code"]) if failed else 0
+
+
+def _reap_later(job: Job) -> None:
+    """Every rank has exited but the launcher has not: wait for it in a thread of its own
+    (bounded by ``LAUNCHER_TEARDOWN``, then killed with its tree), so that the run ends now
+    and no process is left unreaped."""
+
+    def finish() -> None:
+        try:
+            if job.wait(LAUNCHER_TEARDOWN) is None:
+                job.signal(signal.SIGKILL)
+                job.wait(None)
+        finally:
+            job.close()
+
+    threading.Thread(target=finish, name="fitdock-launcher-teardown", daemon=True).start()

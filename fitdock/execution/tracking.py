@@ -1,7 +1,8 @@
 """Mirror runs to MLflow from the supervising process: one MLflow run per fitdock run.
 
-Mirroring is on when ``MLFLOW_TRACKING_URI`` is set where the run is submitted and the
-``mlflow`` extra is installed; ``FITDOCK_TRACKING=off`` turns it off. ``mlflow`` is imported
+Mirroring is on when the job asks for it (``tracking="mlflow"``, ``--tracking mlflow``) or
+``MLFLOW_TRACKING_URI`` is set where the run is submitted, and the ``mlflow`` extra is
+installed; ``tracking="off"`` or ``FITDOCK_TRACKING=off`` turns it off. ``mlflow`` is imported
 by this module and ``tracking_session`` only, and only then: ``import fitdock`` never loads
 it. ``tracking_data`` says what a run is to MLflow (values, params, tags, tables).
 
@@ -55,18 +56,41 @@ from fitdock.runs.layout import OUTPUTS
 from fitdock.runs.record import MirrorPart, RunRecord, TrackingInfo
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir
-from fitdock.shared import now_iso
+from fitdock.shared import fitdock_home, now_iso
+from fitdock.specs.job import JobSpec
 
 POLL_SECONDS = 0.2  # how often a quiet metrics file is looked at
 NICE = 19  # the mirror thread's niceness (Linux: per thread): it never takes a rank's CPU
 
 
-def tracking_uri(environ: Mapping[str, str] | None = None) -> str | None:
-    """The MLflow tracking URI runs are mirrored to, or None when mirroring is off."""
+def tracking_uri(
+    environ: Mapping[str, str] | None = None, spec: JobSpec | None = None
+) -> str | None:
+    """The MLflow tracking URI a run is mirrored to, or None when mirroring is off.
+
+    The job's own choice comes first (``tracking``, ``tracking_uri``), then the variables:
+    ``FITDOCK_TRACKING=off``, ``MLFLOW_TRACKING_URI``. ``tracking="mlflow"`` with no URI
+    anywhere mirrors to ``$FITDOCK_HOME/mlflow.db`` (``mlflow ui --backend-store-uri``
+    that URI shows it).
+    """
     env = os.environ if environ is None else environ
-    if env.get("FITDOCK_TRACKING", "").strip().lower() in ("off", "0", "false", "no", "none"):
+    choice = spec.tracking if spec is not None else None
+    if choice == "off":
         return None
-    return env.get("MLFLOW_TRACKING_URI") or None
+    if choice is None and env.get("FITDOCK_TRACKING", "").strip().lower() in _OFF:
+        return None
+    uri = (spec.tracking_uri if spec is not None else None) or env.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return default_uri() if choice == "mlflow" else None
+
+
+def default_uri() -> str:
+    """Where ``tracking="mlflow"`` mirrors when no URI is given: the home folder's sqlite."""
+    return f"sqlite:///{fitdock_home() / 'mlflow.db'}"
+
+
+_OFF = ("off", "0", "false", "no", "none")
 
 
 class Mirror(Session):
@@ -279,14 +303,14 @@ class Mirror(Session):
 
 
 # ---------------------------------------------------------------------- entry points
-def start(run: RunDir) -> Mirror | None:
+def start(run: RunDir, spec: JobSpec | None = None) -> Mirror | None:
     """Start mirroring ``run`` when tracking is on (called by its supervisor)."""
-    uri = tracking_uri()
+    uri = tracking_uri(spec=spec)
     if uri is None:
         return None
     mirror = Mirror(run, uri)
     if importlib.util.find_spec("mlflow") is None:
-        mirror.error = "MLFLOW_TRACKING_URI is set but mlflow is not installed (fitdock[mlflow])"
+        mirror.error = f"tracking to {uri} asked for but mlflow is not installed (fitdock[mlflow])"
         print(f"fitdock: run {run.id}: {mirror.error}", file=sys.stderr, flush=True)
         return mirror  # no thread: finish() reports every part as missing
     return mirror.start()

@@ -202,3 +202,33 @@ def register(parent: ParentRun) -> None:
 def registered(pipeline_id: str) -> ParentRun | None:
     with _PARENTS_LOCK:
         return _PARENTS.get(pipeline_id)
+
+
+def register_version(
+    uri: str, run_id: str, name: str, path: str, tags: dict[str, str], description: str | None
+) -> str:
+    """Register ``path`` (an artifact of the MLflow run ``run_id``, e.g. ``outputs/model.pt``)
+    as the next version of ``name`` in MLflow's model registry; its version number.
+    A few tries, then ``GiveUp``; ``Refused`` when MLflow refuses it."""
+    session = Session(uri, tries_after_end=3)
+    session.ending.set()
+    session.connect()
+    client = session.client
+    created: list[Any] = []
+
+    def create_model() -> None:
+        try:
+            client.create_registered_model(name)
+        except Exception as exc:
+            if getattr(exc, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+                raise
+
+    def create_version() -> None:
+        source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
+        created.append(client.create_model_version(
+            name, source, run_id=run_id, tags=tags, description=description
+        ))  # fmt: skip
+
+    if not (session.call(create_model) and session.call(create_version)):
+        raise Refused(session.error or f"MLflow refused model {name!r}")
+    return str(created[0].version)

@@ -9,8 +9,9 @@ modes:
           orphaned, stays in its tree. It runs the job's command(s) (several,
           split by ``NEXT``, run side by side; one failing stops the others) and
           reads one-line orders from stdin:
-          a signal number is sent to the job's user processes (9 to all of its
-          descendants). EOF on stdin means the supervisor died: it then
+          a signal number is sent to the job's user processes (9 to them first,
+          then, once their wrappers have recorded it, to every descendant).
+          EOF on stdin means the supervisor died: it then
           terminates the tree (SIGTERM, then SIGKILL after ``ORPHAN_GRACE``).
           When the commands have exited, leftovers are killed and the reaper
           exits with the first non-zero status (128 + signal for a signal).
@@ -42,6 +43,7 @@ if TYPE_CHECKING:  # the script modes import as little as possible: they start e
 ORPHAN_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when the supervisor is gone
 LEFTOVER_GRACE = 0.5  # the same, for processes left behind after the command exits
 RANK_MODE = "fitdock-rank"
+KILL_RECORD_WAIT = 1.0  # after SIGKILL to the scripts, for their wrappers to record it
 RELAY_KILL_WAIT = 5.0  # after relaying SIGKILL, kill what is left here (e.g. a docker client)
 NEXT = "--fitdock-next--"  # separates the commands of a job that runs several (one per host)
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -85,11 +87,15 @@ def descendants(root: int) -> list[int]:
 
 
 def _is_rank_wrapper(pid: int) -> bool:
+    """A rank wrapper: ``python -I -S jobtree.py fitdock-rank ...`` (``process.rank_wrapper_argv``).
+    Only there: a launcher's command line holds the words too (``mpirun ... fitdock-rank``),
+    and taking it for a wrapper would signal the wrappers, which pass it on a second time."""
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return RANK_MODE.encode() in handle.read().split(b"\0")
+            words = handle.read().split(b"\0", 5)
     except OSError:
         return False
+    return len(words) > 4 and words[4] == RANK_MODE.encode()
 
 
 def _user_processes(root: int, mains: set[int]) -> list[int]:
@@ -283,10 +289,21 @@ def _relay(pipes: list[int], order: bytes) -> None:
 
 
 def _obey(me: int, mains: set[int], signum: int) -> None:
+    _send(_user_processes(me, mains), signum)
     if signum == signal.SIGKILL:
+        _let_wrappers_record(me)
         _kill_all(me)
-    else:
-        _send(_user_processes(me, mains), signum)
+
+
+def _let_wrappers_record(me: int) -> None:
+    """After SIGKILL to the ranks' scripts: give their wrappers (spared) a moment to write
+    the exit records that say so, before everything left is killed."""
+    end = time.monotonic() + KILL_RECORD_WAIT
+    while time.monotonic() < end:
+        if not any(_is_rank_wrapper(pid) for pid in descendants(me)):
+            return
+        time.sleep(0.02)
+        _reap_all()
 
 
 def _finish(me: int, code: int) -> int:

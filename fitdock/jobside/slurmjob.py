@@ -180,14 +180,20 @@ class Attempt:
         return ""
 
     def _requeue(self) -> str:
-        """Empty when ``scontrol requeue`` worked, else its message."""
-        done = subprocess.run(
-            ["scontrol", "requeue", self.job_id],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
+        """Empty when ``scontrol requeue`` worked, else its message. The requeue sends
+        SIGTERM to every process of the job, this ``scontrol`` too, often before it has
+        read slurmctld's answer: it runs with SIGTERM ignored (inherited through exec)."""
+        previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            done = subprocess.run(
+                ["scontrol", "requeue", self.job_id],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         if done.returncode == 0:
             return ""
         print(f"fitdock: scontrol requeue failed: {done.stderr.strip()}", file=sys.stderr)

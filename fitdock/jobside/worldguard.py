@@ -9,6 +9,12 @@ match joins a world of one and would train alone on all the data; here it writes
 ``rank_<r>.world.json`` beside its logs, says why on stderr and exits with ``EXIT_CODE``
 at once, so the run fails fast instead of reporting Completed.
 
+It also gives mpi4py the behaviour of ``python -m mpi4py``: once ``mpi4py.MPI`` is
+imported, an exception that nothing catches, raised while MPI is initialised and not yet
+finalised, prints its traceback and then aborts ``COMM_WORLD`` (``MPI_Abort``). Without that
+the rank's interpreter would exit into ``MPI_Finalize`` and wait there for ranks blocked in a
+collective, and the job would hang until its deadline.
+
 Then it imports the ``sitecustomize`` it shadows, if there is one. Stdlib only, and small:
 it runs at every rank's start.
 """
@@ -53,7 +59,27 @@ def _expected():
         return None
 
 
+def _abort_on_exception(module):
+    """Chain ``sys.excepthook``: after the usual traceback, abort the MPI world if MPI is
+    initialised (``mpi4py.run``'s rule), so the other ranks do not wait for this one."""
+    previous = sys.excepthook
+
+    def hook(kind, value, traceback):
+        previous(kind, value, traceback)
+        try:
+            live = module.Is_initialized() and not module.Is_finalized()
+        except Exception:
+            return
+        if live:
+            if sys.stderr is not None:
+                sys.stderr.flush()
+            module.COMM_WORLD.Abort(1)
+
+    sys.excepthook = hook
+
+
 def _check_mpi4py(module):
+    _abort_on_exception(module)
     expected = _expected()
     try:
         if expected is None or not module.Is_initialized() or module.Is_finalized():

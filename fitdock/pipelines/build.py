@@ -23,7 +23,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import re
 import shutil
 import sys
 from pathlib import Path
@@ -40,11 +39,11 @@ from fitdock.pipelines.function import RUNNER, FunctionStep
 from fitdock.pipelines.record import pipelines_root
 from fitdock.pipelines.steps import StepContext
 from fitdock.runs.contenthash import TreeHash, hash_tree
+from fitdock.runs.names import check_run_id, folder_name
 from fitdock.runs.snapshot import snapshot
 from fitdock.shared import fitdock_home
 
 RESERVED = {"cache"}  # names under pipelines/ that are not pipelines
-_FOLDER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
 
 def signing_key() -> bytes:
@@ -65,13 +64,7 @@ def storage(pipeline_name: str) -> Path:
             "there): choose another",
             field="name",
         )
-    if not _FOLDER_NAME.match(pipeline_name):
-        raise SpecError(
-            f"pipeline name {pipeline_name!r} cannot name a folder: use up to 200 letters, "
-            "digits, '-', '_' and '.', starting with a letter or digit",
-            field="name",
-        )
-    return pipelines_root() / pipeline_name
+    return pipelines_root() / folder_name(pipeline_name, "pipeline name")
 
 
 def workspace(pipeline_name: str, folder: Path, tree: TreeHash | None = None) -> Path:
@@ -128,7 +121,7 @@ def write_build(
     step: FunctionStep, pipeline_name: str, parameters: dict[str, Any], cwd: Path, key: bytes
 ) -> Path:
     """A new ``<step>/<timestamp>/`` folder with the signed payloads and the runner."""
-    parent = storage(pipeline_name) / step.name
+    parent = storage(pipeline_name) / folder_name(step.name, "step name")
     parent.mkdir(parents=True, exist_ok=True)
     folder = _new_folder(parent)
     options = step.options
@@ -172,6 +165,9 @@ def prepare(steps: list[Any], pipeline_name: str, values: dict[str, Any]) -> Bui
     functions = [step for step in steps if isinstance(step, FunctionStep)]
     if not functions:
         return Builds(None, {})
+    storage(pipeline_name)  # the names first: a bad one refuses before anything is made
+    for function in functions:
+        folder_name(function.name, "step name")
     key = signing_key()  # a key refused (loose permissions) refuses before anything is made
     cwd = Path.cwd()
     space = workspace(pipeline_name, cwd)
@@ -187,7 +183,8 @@ class Builds:
 
 
 def results_folder(pipeline_name: str, execution_id: str, step_name: str) -> Path:
-    return storage(pipeline_name) / execution_id / step_name
+    execution = check_run_id(execution_id, "execution id")
+    return storage(pipeline_name) / execution / folder_name(step_name, "step name")
 
 
 def context(build: Path, space: Path, refs: dict[str, str], data: dict[str, str]) -> StepContext:

@@ -9,18 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from fitdock.errors import SpecError
-
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+from fitdock.runs.names import MAX_NAME, word
 
 
 def check_name(name: object, what: str) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise SpecError(
-            f"{what} name {name!r} must be a word of letters, digits and '_' that does not "
-            "start with a digit (it becomes a folder and a variable name)",
-            field="name",
-        )
-    return name
+    return word(name, f"{what} name")
 
 
 class PipelineData:
@@ -54,7 +47,7 @@ class InputData:
 
 
 def _name_of(path: Path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_]", "_", path.name) or "input"
+    stem = re.sub(r"[^A-Za-z0-9_]", "_", path.name)[: MAX_NAME - 1] or "input"
     return stem if not stem[0].isdigit() else f"_{stem}"
 
 

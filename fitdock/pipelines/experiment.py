@@ -4,7 +4,6 @@ so ported code keeps working."""
 
 from __future__ import annotations
 
-import re
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -14,8 +13,7 @@ from fitdock.estimators.base import Estimator
 from fitdock.estimators.scriptrun import ScriptRunConfig
 from fitdock.execution.submit import submit
 from fitdock.pipelines.pipeline import Pipeline
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # it names run folders
+from fitdock.runs.names import folder_name
 
 
 class Experiment:
@@ -27,13 +25,7 @@ class Experiment:
             name = args[1] if len(args) > 1 else name
         if not name:
             raise SpecError("an Experiment needs a name: Experiment(name='...')", field="name")
-        if not isinstance(name, str) or not _NAME.match(name):
-            raise SpecError(
-                f"Experiment name {name!r}: use letters, digits, '_', '-' and '.', starting "
-                "with a letter or digit",
-                field="name",
-            )
-        self.name = name
+        self.name = folder_name(name, "Experiment name")  # it names run folders
         self.workspace = workspace
 
     def submit(
@@ -86,8 +78,9 @@ class Experiment:
             if isinstance(config, ScriptRunConfig)
             else config
         )
-        # What estimator.fit(wait=False) does, with the tags in the record's first write.
-        return submit(estimator.job_spec, wait=False, tags=tagged)
+        # What estimator.fit(wait=False) does (a detached supervisor: the run outlives this
+        # process, as an Azure run outlives its notebook), with the tags in the first write.
+        return submit(estimator.job_spec, wait=False, detach=True, tags=tagged)
 
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r})"

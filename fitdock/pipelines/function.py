@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from fitdock.environments.spec import Environment
 from fitdock.errors import SpecError
-from fitdock.estimators.args import spec_error
+from fitdock.estimators.args import check_variables, spec_error
 from fitdock.estimators.base import Estimator
 from fitdock.pipelines.data import InputData, PipelineData, PipelineParameter
 from fitdock.pipelines.delayed import DelayedReturn, references
@@ -100,6 +100,11 @@ class StepOptions(BaseModel):
             if not value.is_file():
                 raise ValueError(f"{value} is not a file")
         return value
+
+    @field_validator("environment_variables", mode="before")
+    @classmethod
+    def _variables(cls, value: Any) -> Any:
+        return check_variables(value)
 
     @field_validator("instance_count")
     @classmethod

@@ -66,6 +66,14 @@ def pipelines_root() -> Path:
 
 
 def folder(run_id: str) -> Path:
+    """``pipelines/<id>``; an id that is not one folder name (``..``, a path) is refused."""
+    from fitdock.runs.names import run_id_problem
+
+    problem = run_id_problem(run_id)
+    if problem is not None:
+        from fitdock.errors import RunNotFoundError
+
+        raise RunNotFoundError(str(run_id), str(pipelines_root()), reason=problem)
     return pipelines_root() / run_id
 
 

@@ -37,7 +37,7 @@ from fitdock.pipelines.steps import PythonScriptStep, StepContext
 from fitdock.runs.contenthash import hash_path
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import SupervisorLock, new_run_id, runs_root
-from fitdock.shared import now_iso
+from fitdock.shared import now_iso, pause_at
 from fitdock.specs.compute import Slurm
 from fitdock.specs.job import JobSpec
 
@@ -215,6 +215,7 @@ class Scheduler:
             state.output_hashes = hit.output_hashes
             state.explain = f"reused from {hit.run_id} (key {key[:12]})"
             reuse.remember(name, key, parts)
+            pause_at("pipeline_reuse")  # a test hook (fitdock.shared.pause_at); inert otherwise
             self._ended(name, RunStatus.COMPLETED, None)
             return
         state.explain = (
@@ -225,6 +226,7 @@ class Scheduler:
             else f"ran: reuse is off ({step.reuse_switch} turns it on)"
         )
         folders = tuple(data.name for data in step.outputs if data.is_directory)
+        pause_at("pipeline_scheduling")
         try:
             self.runs[name] = submit(
                 spec, wait=False, run_id=run_id, parent_id=self.record.id, output_folders=folders
@@ -316,6 +318,7 @@ class Scheduler:
         if state.key is not None:
             reuse.store(name, state.key, self.parts.pop(name), run.id, state.outputs, hashes)
         self._ended(name, RunStatus.COMPLETED, None)
+        pause_at("pipeline_between_steps")
 
     def _take_results(self, name: str, run: Run) -> bool:
         """Move a function step's results from its run to the execution's folder."""

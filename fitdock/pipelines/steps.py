@@ -96,6 +96,13 @@ class Step:
                 )
             data.producers.append(self)  # more than one is an error (Pipeline.validate)
         self.arguments = list(arguments or ())
+        for value in self.arguments:  # literal text reaches argv as it is: no NUL there
+            if isinstance(value, (str, Path)) and "\0" in str(value):
+                raise SpecError(
+                    f"step {name!r}: arguments: {str(value)!r} holds a NUL character, which "
+                    "no command line can carry",
+                    field="arguments",
+                )
         self.compute_target = compute_target
         self.allow_reuse = allow_reuse
         self.version = version

@@ -20,7 +20,10 @@
     uploads/          upload_file / upload_folder under names outside outputs/, logs/, ...
     heartbeat         touched by ``RunContext.heartbeat()`` (the hang watchdog reads it)
     supervisor.lock   held by the supervising process while the run is live
+    .space-reserve    bytes set aside while the run is live, so that the record saying a
+                      full disk ended it can still be written (runs/record.py write_record)
     cancel            present when a cancel was requested
+    hosts-agent       hosts target, MPICH: the ssh agent with its options as one program
     slurm/            slurm target: job.sbatch, the job-side programs, batch.log, and
                       attempt-<n>.json / attempt-<n>.exit.json written by each attempt
 
@@ -65,6 +68,8 @@ INPUTS = "inputs"
 GUARD = "guard"
 HEARTBEAT = "heartbeat"
 LOCK = "supervisor.lock"
+RESERVE = ".space-reserve"
+HOSTS_AGENT = "hosts-agent"
 CANCEL = "cancel"
 MODEL, DATA = "model", "data"  # outputs/model (SM_MODEL_DIR), outputs/data
 ENV_BUILD_LOG = "env-build.log"

@@ -6,7 +6,7 @@ of the runs it shows when a metric column is asked for (``last_value`` reads bac
 from the end until it finds the metric). The filters and the durations are pure functions
 of a record and the time.
 
-    scan(home)              (path, record) of every run, oldest first
+    scan(home)              (path, summary of the record) of every run, oldest first
     Filters / matches       --status, --since, --name
     parse_since             an ISO date or time, or an age such as 2h, 3d
     duration_seconds        started -> ended (or now, for a live run)
@@ -29,31 +29,97 @@ from typing import Any
 from fitdock.errors import SpecError
 from fitdock.runs.layout import METRICS, RECORD
 from fitdock.runs.status import RunStatus
-from fitdock.runs.store import runs_root
+from fitdock.shared import fitdock_home
 
 TAIL_BLOCK = 64 * 1024
+LISTING_CACHE = "listing.json"  # in $FITDOCK_HOME/cache: the summaries scan() keeps
+_CACHE_VERSION = 1
+# What scan() keeps of a record: what `fitdock runs list` shows and filters on.
+SUMMARY = (
+    "id",
+    "name",
+    "status",
+    "target",
+    "world_size",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "parent_id",
+)
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _AGE_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def scan(home: Path | None = None) -> list[tuple[Path, dict[str, Any]]]:
-    """Every run folder with a readable record, and the record as JSON, oldest first."""
-    root = runs_root(home)
+    """Every run folder with a readable record, and what the listing shows of it (the
+    ``SUMMARY`` fields of its record), oldest first.
+
+    Parsing thousands of records each time is most of the time a listing takes, so the
+    summaries are kept in ``$FITDOCK_HOME/cache/listing.json`` by folder, with the size and
+    modification time (ns) of the ``run.json`` they came from: only a record that changed
+    since is read again."""
+    root = (home or fitdock_home()) / "runs"  # store.runs_root, without store's pydantic
     found: list[tuple[Path, dict[str, Any]]] = []
     try:
         entries = list(os.scandir(root))
     except OSError:
         return found
+    cache_path = root.parent / "cache" / LISTING_CACHE
+    cached = _read_cache(cache_path)
+    fresh: dict[str, list[Any]] = {}
     for entry in entries:
+        record_path = os.path.join(entry.path, RECORD)
         try:
-            with open(os.path.join(entry.path, RECORD), "rb") as handle:
-                record = json.loads(handle.read())
-        except (OSError, ValueError):
-            continue  # not a run folder, or a record being created
-        if isinstance(record, dict):
-            found.append((Path(entry.path), record))
+            stat = os.stat(record_path)
+        except OSError:
+            continue  # not a run folder
+        hit = cached.get(entry.name)
+        if hit is not None and hit[0] == stat.st_mtime_ns and hit[1] == stat.st_size:
+            summary = hit[2]
+        else:
+            summary = _summary(record_path)
+            if summary is None:
+                continue  # a record being created
+        fresh[entry.name] = [stat.st_mtime_ns, stat.st_size, summary]
+        found.append((Path(entry.path), summary))
+    if fresh != cached:
+        _write_cache(cache_path, fresh)
     found.sort(key=lambda item: str(item[1].get("created_at") or ""))
     return found
+
+
+def _summary(record_path: str) -> dict[str, Any] | None:
+    try:
+        with open(record_path, "rb") as handle:
+            record = json.loads(handle.read())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict):
+        return None
+    return {key: record.get(key) for key in SUMMARY}
+
+
+def _read_cache(path: Path) -> dict[str, list[Any]]:
+    try:
+        with open(path, "rb") as handle:
+            cached = json.loads(handle.read())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(cached, dict) or cached.get("version") != _CACHE_VERSION:
+        return {}
+    runs = cached.get("runs")
+    return runs if isinstance(runs, dict) else {}
+
+
+def _write_cache(path: Path, runs: dict[str, list[Any]]) -> None:
+    """Best effort: a listing works without its cache (a read-only home, a full disk)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"version": _CACHE_VERSION, "runs": runs}))
+        os.replace(tmp, path)
+    except OSError:
+        pass
 
 
 # ------------------------------------------------------------------ filters

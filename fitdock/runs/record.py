@@ -14,11 +14,17 @@ since have defaults, and error reasons of old spellings map to today's (``RunErr
     ├── error: RunError | None       why it did not complete; reason: ErrorReason
     ├── slurm: ScheduledJob | None   the batch job (slurm target)
     └── tracking: TrackingInfo | None  the run's MLflow mirror, and what it could not send
+
+``write_record`` writes it, and keeps a little space aside for the write that says why a
+run failed when its disk filled up.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import os
+from pathlib import Path
 from typing import Any
 
 from pydantic import (
@@ -31,7 +37,11 @@ from pydantic import (
 )
 
 from fitdock.jobside.common import Outcome
+from fitdock.runs.layout import RESERVE
 from fitdock.runs.status import RunStatus
+from fitdock.shared import NO_SPACE, storage_error, write_json_atomic
+
+RESERVE_BYTES = 256 * 1024  # some 30 records; one is a few kB
 
 
 class ErrorReason(str, enum.Enum):
@@ -54,6 +64,7 @@ class ErrorReason(str, enum.Enum):
     PREEMPTED = "preempted"
     LOST_SUPERVISOR = "lost_supervisor"
     SUPERVISOR_ERROR = "supervisor_error"
+    NO_SPACE = "no_space"  # the run's file system filled up (a log, metrics, a checkpoint)
 
 
 # Slurm final states that fitdock 0.1 wrote, lowercased, as an error's reason
@@ -261,3 +272,54 @@ class RunRecord(BaseModel):
     def as_json(self) -> dict[str, Any]:
         """The record as ``run.json`` holds it (and ``Run.record`` returns it)."""
         return self.model_dump(mode="json", by_alias=True)
+
+
+def write_record(path: Path, record: RunRecord) -> None:
+    """Write ``run.json`` atomically (a reader, or a crash, never sees half of it).
+
+    While the run lives, ``RESERVE_BYTES`` are set aside beside it (``.space-reserve``):
+    a write that meets a full disk gives half of what is left back and tries again, so
+    the records that say why the run failed (its disk filled up, most often) are still
+    written while a job goes on filling the disk. The end state gives it all back. A
+    write that fails even so raises ``StorageError``."""
+    reserve = path.with_name(RESERVE)
+    data = record.as_json()
+    while True:
+        try:
+            write_json_atomic(path, data)
+            break
+        except OSError as exc:
+            if exc.errno not in NO_SPACE or not _give_back(reserve):
+                raise storage_error(exc, path) from exc
+    if record.status.is_terminal:
+        reserve.unlink(missing_ok=True)
+    elif not reserve.exists():
+        _set_aside(reserve)
+
+
+def _give_back(reserve: Path) -> bool:
+    """Free half of the reserve (all of its last 4 KiB); False when none is left."""
+    try:
+        size = reserve.stat().st_size
+        if size <= 4096:
+            reserve.unlink()
+        else:
+            os.truncate(reserve, size // 2)
+    except OSError:
+        return False
+    return True
+
+
+def _set_aside(reserve: Path) -> None:
+    """Allocate the reserve's blocks (not a sparse file); nothing when there is no room."""
+    try:
+        fd = os.open(reserve, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return
+    try:
+        os.posix_fallocate(fd, 0, RESERVE_BYTES)
+    except OSError:
+        with contextlib.suppress(OSError):
+            reserve.unlink()
+    finally:
+        os.close(fd)

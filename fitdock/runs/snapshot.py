@@ -49,7 +49,7 @@ import pathspec
 
 from fitdock._units import human_size
 from fitdock.errors import SnapshotError
-from fitdock.shared import fitdock_home
+from fitdock.shared import fitdock_home, pause_at, storage_error
 
 IGNORE_FILES = (".gitignore", ".amlignore", ".fitdockignore")
 ALWAYS_IGNORED = {".git", "__pycache__", ".fitdock"}
@@ -172,14 +172,27 @@ def snapshot(source: Path, target: Path, max_size_mb: float, max_files: int) -> 
             f"{max_size_mb:g} MB: list large files in a .fitdockignore (or .gitignore), pass data "
             "as inputs, or raise max_snapshot_size_mb"
         )
-    target.mkdir(parents=True)
     top, into = os.fspath(source) + "/", os.fspath(target) + "/"
-    for folder in sorted({rel.rpartition("/")[0] for rel, _ in files} - {""}):
-        os.makedirs(into + folder, exist_ok=True)
     placer = _Placer()
-    for rel, st in files:
-        placer.place(top + rel, into + rel, st)
+    try:
+        target.mkdir(parents=True)
+        for folder in sorted({rel.rpartition("/")[0] for rel, _ in files} - {""}):
+            os.makedirs(into + folder, exist_ok=True)
+        pause_at("snapshot")  # a test hook (fitdock.shared.pause_at); inert otherwise
+        for rel, st in files:
+            placer.place(top + rel, into + rel, st)
+    except _Unreadable as exc:
+        raise SnapshotError(
+            f"cannot read {exc.filename} in source_directory {source}: {exc.strerror}; list it "
+            "in a .fitdockignore (or .gitignore), or make it readable"
+        ) from exc
+    except OSError as exc:
+        raise storage_error(exc, exc.filename or target) from exc
     return SnapshotSummary(files=len(files), bytes=total, cloned=placer.cloned)
+
+
+class _Unreadable(OSError):
+    """A source file that could not be opened (raised with the source's errno and path)."""
 
 
 class _Placer:
@@ -194,7 +207,10 @@ class _Placer:
 
     def place(self, src: str, dst: str, st: os.stat_result) -> None:
         mode = stat.S_IMODE(st.st_mode)
-        fin = os.open(src, READ)
+        try:
+            fin = os.open(src, READ)
+        except OSError as exc:  # as root too: a write-only sysfs file, one removed since
+            raise _Unreadable(exc.errno, exc.strerror, src) from exc
         try:
             fout = os.open(dst, CREATE, mode)
             try:

@@ -18,8 +18,9 @@ from pathlib import Path
 
 from fitdock.errors import RunNotFoundError
 from fitdock.runs.layout import RECORD, RunPaths
-from fitdock.runs.record import RunRecord
-from fitdock.shared import fitdock_home, write_json_atomic
+from fitdock.runs.names import run_id_problem, safe_stem
+from fitdock.runs.record import RunRecord, write_record
+from fitdock.shared import fitdock_home, write_json_atomic  # noqa: F401 - tests import it here
 
 
 def runs_root(home: Path | None = None) -> Path:
@@ -27,8 +28,9 @@ def runs_root(home: Path | None = None) -> Path:
 
 
 def new_run_id(name: str) -> str:
+    """``<name>_<time>_<random>``, the name made safe for a folder (``names.safe_stem``)."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{name}_{stamp}_{secrets.token_hex(3)}"
+    return f"{safe_stem(name)}_{stamp}_{secrets.token_hex(3)}"
 
 
 class RunDir(RunPaths):
@@ -36,6 +38,11 @@ class RunDir(RunPaths):
 
     @classmethod
     def find(cls, run_id: str, home: Path | None = None) -> RunDir:
+        """The run of that id; an id that is not one folder name (``..``, a path, NUL) is
+        refused before any file is read, so a lookup stays under ``runs/``."""
+        problem = run_id_problem(run_id)
+        if problem is not None:
+            raise RunNotFoundError(str(run_id), str(runs_root(home)), reason=problem)
         path = runs_root(home) / run_id
         if not (path / RECORD).is_file():
             raise RunNotFoundError(run_id, str(runs_root(home)))
@@ -45,7 +52,7 @@ class RunDir(RunPaths):
         return RunRecord.model_validate(json.loads(self.record_path.read_text()))
 
     def write(self, record: RunRecord) -> None:
-        write_json_atomic(self.record_path, record.as_json())
+        write_record(self.record_path, record)  # atomic; keeps room for the last write
 
     @contextlib.contextmanager
     def edit(self) -> Iterator[RunRecord]:

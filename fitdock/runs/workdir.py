@@ -10,6 +10,9 @@ A source directory that ships its own ``outputs/`` or ``logs/`` folder has its f
 into the run's folder before the link replaces it, and the move is reported
 (``ShippedFolder``). A *file* named ``outputs`` or ``logs`` is a ``SpecError``: it cannot
 become the run's folder, and dropping it would lose it silently.
+
+``make_run_folder`` creates the run's folder itself, with a clear error where fitdock's
+home cannot be written (a read-only file system, a full disk).
 """
 
 from __future__ import annotations
@@ -23,8 +26,20 @@ from fitdock._units import human_size
 from fitdock.errors import SpecError
 from fitdock.runs.layout import WORKDIR_LINKS
 from fitdock.runs.store import RunDir
+from fitdock.shared import storage_error
 
 LINKED = WORKDIR_LINKS  # outputs, logs
+
+
+def make_run_folder(run: RunDir) -> None:
+    """Create the run's folder (and ``$FITDOCK_HOME/runs`` above it); ``StorageError``
+    when the home folder cannot be written, with nothing created."""
+    try:
+        run.path.mkdir(parents=True)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise storage_error(exc, run.path) from exc
 
 
 @dataclass(frozen=True)

@@ -73,11 +73,11 @@ def execute_python_script(
     """Run ``azureml_main`` of ``script`` over the inputs; see the module docstring."""
     text = script_text(script)
     check_sandbox(sandbox)
-    if not timeout_seconds or timeout_seconds <= 0:
+    if not _positive(timeout_seconds):
         raise SpecError(
             f"timeout_seconds must be > 0, not {timeout_seconds!r}", field="timeout_seconds"
         )
-    if memory_mb is not None and (isinstance(memory_mb, bool) or memory_mb <= 0):
+    if memory_mb is not None and not _positive(memory_mb):
         raise SpecError(
             f"memory_mb must be a positive number of MB, not {memory_mb!r}", field="memory_mb"
         )
@@ -181,6 +181,11 @@ def sandbox_of(run: Run) -> dict[str, Any]:
     return _read_json(run.output_dir / SANDBOX)
 
 
+def _positive(value: Any) -> bool:
+    """A number > 0 (not a bool, not NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def check_sandbox(mode: str) -> None:
     """A sandbox mode, or a SpecError naming the ones there are."""
     from fitdock.script.sandbox import MODES
@@ -205,6 +210,10 @@ def script_text(script: str | Path) -> str:
 def _bundle(bundle: str | Path | None) -> Path | None:
     if bundle is None:
         return None
+    if not isinstance(bundle, (str, Path)):
+        raise SpecError(
+            f"script_bundle must be a path to a zip file, got {bundle!r}", field="script_bundle"
+        )
     path = Path(bundle).expanduser().resolve()
     if not path.is_file():
         raise SpecError(f"script_bundle {path} is not a file", field="script_bundle")

@@ -7,38 +7,55 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-_HOST = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-_CIDR = re.compile(r"^[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}$")
+from fitdock.errors import SpecError
+from fitdock.specs.base import SpecModel
+from fitdock.specs.distribution import MAX_PROCESSES_PER_NODE
+
+_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,252}")
+_CIDR = re.compile(r"[0-9]{1,3}(\.[0-9]{1,3}){3}/[0-9]{1,2}")
 
 
-class Host(BaseModel):
+class Host(SpecModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    slots: int = Field(default=1, ge=1)
+    slots: int = Field(default=1, ge=1, le=MAX_PROCESSES_PER_NODE)
 
     @field_validator("name")
     @classmethod
     def _name_ok(cls, value: str) -> str:
-        if not _HOST.match(value):
+        if not _HOST.fullmatch(value):
             raise ValueError(f"{value!r} is not a host name or address")
         return value
 
     @classmethod
     def parse(cls, text: str) -> Host:
         """``node1``, ``node1:2`` (MPICH style) or ``node1 slots=2`` (Open MPI hostfile)."""
-        words = text.split()
+        words = text.split() if isinstance(text, str) else []
+        if not words:
+            raise SpecError(
+                f"a host is 'name', 'name:slots' or 'name slots=N', got {text!r}", field="hosts"
+            )
         name, _, count = words[0].partition(":")
+        if not _HOST.fullmatch(name):
+            raise SpecError(f"{name!r} is not a host name or address", field="hosts")
         for word in words[1:]:
-            key, _, value = word.partition("=")
-            if key in ("slots", "max_slots"):
-                count = count or value
+            key, sep, value = word.partition("=")
+            if not sep or key not in ("slots", "max_slots", "max-slots"):
+                raise SpecError(
+                    f"host {text!r}: {word!r} is not 'slots=N' (a host is 'name', 'name:slots' "
+                    "or 'name slots=N')",
+                    field="hosts",
+                )
+            count = count or value
+        if count and not (count.isascii() and count.isdigit()):
+            raise SpecError(f"host {text!r}: slots must be a number, got {count!r}", field="hosts")
         return cls(name=name, slots=int(count) if count else 1)
 
 
-class Hosts(BaseModel):
+class Hosts(SpecModel):
     """Run on a list of machines: ``Hosts(["node1:2", "node2:2"])`` or ``Hosts(hostfile=...)``.
 
     fitdock starts processes on the hosts through a launch *agent*: ``ssh`` by
@@ -76,8 +93,13 @@ class Hosts(BaseModel):
     ) -> None:
         if hostfile is not None:
             if hosts is not None:
-                raise ValueError("give hosts or hostfile, not both")
-            lines = Path(hostfile).read_text().splitlines()
+                raise SpecError("Hosts: give hosts or hostfile, not both", field="hostfile")
+            try:
+                lines = Path(hostfile).read_text().splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise SpecError(
+                    f"Hosts: cannot read hostfile {hostfile}: {exc}", field="hostfile"
+                ) from exc
             hosts = [line.split("#", 1)[0] for line in lines if line.split("#", 1)[0].strip()]
         if hosts is not None:
             data["hosts"] = hosts
@@ -93,14 +115,14 @@ class Hosts(BaseModel):
     @field_validator("local_address")
     @classmethod
     def _address_ok(cls, value: str | None) -> str | None:
-        if value is not None and not _HOST.match(value):
+        if value is not None and not _HOST.fullmatch(value):
             raise ValueError(f"{value!r} is not a host name or address")
         return value
 
     @field_validator("network")
     @classmethod
     def _cidr(cls, value: str | None) -> str | None:
-        if value is not None and not _CIDR.match(value):
+        if value is not None and not _CIDR.fullmatch(value):
             raise ValueError(f"network must be a CIDR such as '10.0.0.0/24', got {value!r}")
         return value
 
@@ -121,7 +143,7 @@ class Hosts(BaseModel):
 _SLURM_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:+,-]*$"  # partition, account, qos: no spaces, no shell
 
 
-class Slurm(BaseModel):
+class Slurm(SpecModel):
     """Submit to a Slurm cluster with ``sbatch``: ``Slurm(partition="gpu", gpus_per_node=4)``.
 
     ``node_count`` and ``process_count_per_node`` become the allocation (``--nodes``,

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from fitdock.specs.base import SpecModel
+
+# Caps that no real job reaches (nothing grows to gigabytes from a typo such as 10**9);
+# a local job far beyond this machine's CPUs is refused by the local target unless the
+# distribution says ``oversubscribe=True``.
+MAX_PROCESSES_PER_NODE = 1024
+MAX_NODES = 1024
 
 
-class Mpi(BaseModel):
+class Mpi(SpecModel):
     """Start the job's ranks through MPI (``mpirun``/``mpiexec``).
 
     ``process_count_per_node`` left as ``None`` takes the estimator's own
@@ -15,13 +23,15 @@ class Mpi(BaseModel):
     program on PATH); by default fitdock uses the one beside the current
     interpreter (the ``fitdock[mpi]`` extra installs one), else the first on PATH.
     ``extra_args`` are appended to the launcher's options, as a list, never
-    through a shell.
+    through a shell. ``oversubscribe=True`` lets the local target start more than
+    4 ranks per CPU of this machine (refused otherwise, before anything starts).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["mpi"] = "mpi"
-    process_count_per_node: int | None = Field(default=None, ge=1)
+    process_count_per_node: int | None = Field(default=None, ge=1, le=MAX_PROCESSES_PER_NODE)
+    oversubscribe: bool = False
     mpirun: str | None = None
     extra_args: tuple[str, ...] = ()
 
@@ -29,7 +39,7 @@ class Mpi(BaseModel):
         super().__init__(process_count_per_node=process_count_per_node, **data)
 
 
-class PyTorchConfiguration(BaseModel):
+class PyTorchConfiguration(SpecModel):
     """Start the job's ranks with ``torchrun`` (Azure ML's ``PyTorchConfiguration``).
 
     ``process_count`` is the total number of processes and ``node_count`` the
@@ -45,8 +55,9 @@ class PyTorchConfiguration(BaseModel):
 
     kind: Literal["pytorch"] = "pytorch"
     communication_backend: Literal["gloo", "nccl"] = "nccl"
-    process_count: int | None = Field(default=None, ge=1)
-    node_count: int | None = Field(default=None, ge=1)
+    process_count: int | None = Field(default=None, ge=1, le=MAX_NODES * MAX_PROCESSES_PER_NODE)
+    node_count: int | None = Field(default=None, ge=1, le=MAX_NODES)
+    oversubscribe: bool = False
 
     def __init__(
         self,
@@ -68,7 +79,7 @@ class PyTorchConfiguration(BaseModel):
         return value.lower() if isinstance(value, str) else value  # Azure spells it "Nccl"
 
 
-class Horovod(BaseModel):
+class Horovod(SpecModel):
     """Start a Horovod job: through ``mpirun`` (the MPI controller, exactly as ``Mpi``)
     or through ``horovodrun`` (``controller="mpi"`` or ``"gloo"``).
 
@@ -80,7 +91,8 @@ class Horovod(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["horovod"] = "horovod"
-    process_count_per_node: int | None = Field(default=None, ge=1)
+    process_count_per_node: int | None = Field(default=None, ge=1, le=MAX_PROCESSES_PER_NODE)
+    oversubscribe: bool = False
     controller: Literal["mpi", "gloo"] = "mpi"
     launcher: Literal["mpirun", "horovodrun"] = "mpirun"
     mpirun: str | None = None
@@ -99,7 +111,12 @@ class Horovod(BaseModel):
         return self
 
     def as_mpi(self) -> Mpi:
-        return Mpi(self.process_count_per_node, mpirun=self.mpirun, extra_args=self.extra_args)
+        return Mpi(
+            self.process_count_per_node,
+            mpirun=self.mpirun,
+            extra_args=self.extra_args,
+            oversubscribe=self.oversubscribe,
+        )
 
 
 Distribution = Annotated[Mpi | PyTorchConfiguration | Horovod, Field(discriminator="kind")]

@@ -10,13 +10,16 @@ target. ``shm_size`` defaults to 2g (Azure's default), and jobs of several ranks
 stdlib-only run API is mounted read-only and put on PYTHONPATH.
 Inside, a reaper of its own (``jobtree.py reap``) runs the ranks; the reaper here
 relays orders to it through ``docker run -i``'s stdin, and when fitdock dies that
-stdin closes and the job stops. The container runs as the calling user's uid.
+stdin closes and the job stops. The container runs as the calling user's uid. It is named
+``fitdock-<run id>``; after each attempt the target waits until the engine has removed it
+(``--rm`` does so a moment after it exits), so a restart never meets a name still taken.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +29,23 @@ from fitdock.distributions.mpimatch import MpiMatch
 from fitdock.distributions.torchrun import torchrun_argv, torchrun_env
 from fitdock.environments.dockerfile import VENV, BuildTier, tier_of
 from fitdock.environments.spec import refuse_conda
-from fitdock.errors import NotAvailableError, SpecError
+from fitdock.errors import NotAvailableError, SpecError, StagingError
 from fitdock.process import rank_wrapper_argv, reaper_argv, tool
 from fitdock.runs.layout import IMAGE_BUILD_LOG
 from fitdock.runs.store import RunDir
 from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
 from fitdock.specs.job import JobSpec
 from fitdock.targets.base import Target
+from fitdock.targets.local import check_rank_count
 from fitdock.targets.plan import LaunchPlan
 from fitdock.targets.variables import free_port, job_variables
 
 DEFAULT_SHM = "2g"  # Azure ML's default; Docker's own 64 MB is too small for data loaders
 LIBRARY = "/opt/fitdock/lib"  # where fitdock's package is mounted in the container
 JOBTREE = f"{LIBRARY}/fitdock/jobside/jobtree.py"
+# Set by the supervisor for each attempt, after the plan: passed by name like the plan's own.
+PER_ATTEMPT = ("FITDOCK_ATTEMPT",)
+NAME_FREE_SECONDS = 30.0  # how long an attempt's container may take to go once it ended
 
 
 def image_of(spec: JobSpec) -> str:
@@ -111,6 +118,30 @@ def _mpi(spec: JobSpec, run: RunDir, python: str, env: dict[str, str]) -> MpiMat
     return chosen
 
 
+def container_name(run: RunDir) -> str:
+    """The name of the run's container (one at a time: the attempts run one after another)."""
+    return f"fitdock-{run.id}"
+
+
+def free_container_name(name: str, timeout: float = NAME_FREE_SECONDS) -> None:
+    """Return once no container holds ``name``. ``docker run --rm`` returns when the job's
+    container exits; the engine removes the container a moment later, so the next attempt
+    would find the name taken ("Conflict") and the run would end with a container left.
+    One that lingers (its client was killed) is removed here: its attempt is over."""
+    end = time.monotonic() + timeout
+    while True:
+        code, _out, _err = tool(["docker", "container", "inspect", "--format", "{{.Id}}", name])
+        if code != 0:
+            return  # no such container (no engine: the launch says so)
+        if time.monotonic() >= end:
+            raise StagingError(
+                f"the container {name} of the last attempt is still there after {timeout:g} s;"
+                f" remove it with `docker rm --force {name}`"
+            )
+        tool(["docker", "rm", "--force", name])
+        time.sleep(0.05)
+
+
 class DockerTarget(Target):
     """Ranks on this machine, in the environment's image."""
 
@@ -130,6 +161,7 @@ class DockerTarget(Target):
                 "process_count_per_node for more ranks",
                 field="node_count",
             )
+        check_rank_count(spec)  # the container's ranks share this machine's CPUs
         if isinstance(spec.distribution, Horovod) and spec.distribution.launcher == "horovodrun":
             raise NotAvailableError(
                 "horovodrun in a container is not available: use Horovod(launcher='mpirun')"
@@ -154,6 +186,12 @@ class DockerTarget(Target):
             "packages": installed_packages(built.tag, built.tier),
         }
 
+    def before_attempt(self, spec: JobSpec, run: RunDir) -> None:
+        free_container_name(container_name(run))
+
+    def after_attempt(self, spec: JobSpec, run: RunDir) -> None:
+        free_container_name(container_name(run))
+
     def plan(self, spec: JobSpec, run: RunDir, resume_dir: Path | None) -> LaunchPlan:
         self.check(spec)
         python = _python(spec)
@@ -161,7 +199,7 @@ class DockerTarget(Target):
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), PYTHONPATH=LIBRARY)
         chosen = _mpi(spec, run, python, env)
         inner = _inner_command(spec, run, python, env, chosen)
-        argv = ["docker", "run", "-i", "--rm", "--name", f"fitdock-{run.id}"]
+        argv = ["docker", "run", "-i", "--rm", "--name", container_name(run)]
         argv += ["--user", f"{os.getuid()}:{os.getgid()}", "--workdir", str(run.snapshot)]
         argv += ["--stop-timeout", str(math.ceil(spec.termination_grace_seconds))]
         argv += [
@@ -180,7 +218,7 @@ class DockerTarget(Target):
             argv += ["--cap-add", "SYS_PTRACE"]
         if spec.use_gpu:
             argv += ["--gpus", "all"]
-        for name in sorted(env):
+        for name in sorted({*env, *PER_ATTEMPT}):
             argv += ["-e", name]  # the value comes from the docker client's environment
         argv += [*docker.arguments, image_of(spec), *reaper_argv(python, JOBTREE), *inner]
         return LaunchPlan(

@@ -64,6 +64,26 @@ def build_environment(spec: JobSpec, run: RunDir) -> dict[str, Any]:
     }
 
 
+OVERSUBSCRIBE_FACTOR = 4  # ranks per CPU of this machine beyond which a job is refused
+
+
+def check_rank_count(spec: JobSpec) -> None:
+    """Refuse, before anything starts, more ranks than ``OVERSUBSCRIBE_FACTOR`` per CPU of
+    this machine (10**9 ranks would only exhaust it), unless the distribution says
+    ``oversubscribe=True``. Up to that many, ranks share the CPUs (MPI is told so)."""
+    cpus = os.cpu_count() or 1
+    config = spec.distribution
+    if spec.world_size <= OVERSUBSCRIBE_FACTOR * cpus or (config and config.oversubscribe):
+        return
+    raise SpecError(
+        f"process_count_per_node={spec.process_count_per_node} x node_count={spec.node_count} "
+        f"= {spec.world_size} ranks on this machine's {cpus} CPUs: more than "
+        f"{OVERSUBSCRIBE_FACTOR} per CPU is refused; use fewer ranks, or pass "
+        "oversubscribe=True to the distribution (e.g. Mpi(oversubscribe=True)) to run them",
+        field="process_count_per_node",
+    )
+
+
 class LocalTarget(Target):
     """Ranks on this machine, with the job's interpreter (user-managed or a virtualenv)."""
 
@@ -77,6 +97,7 @@ class LocalTarget(Target):
                 "process_count_per_node for more ranks here",
                 field="node_count",
             )
+        check_rank_count(spec)
         refuse_conda(spec.environment, "the local virtualenv builder", LOCAL_CONDA_ADVICE)
 
     def prepare(self, spec: JobSpec, run: RunDir, show_output: bool = False) -> dict[str, Any]:

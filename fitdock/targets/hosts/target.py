@@ -14,9 +14,11 @@ import shlex
 from pathlib import Path
 
 from fitdock.distributions import mpi, mpijob
+from fitdock.distributions.mpi import Flavor
 from fitdock.distributions.torchrun import torchrun_argv, torchrun_env
 from fitdock.errors import NotAvailableError, SpecError
 from fitdock.process import rank_wrapper_argv
+from fitdock.runs.layout import HOSTS_AGENT
 from fitdock.runs.store import RunDir
 from fitdock.specs.compute import Hosts
 from fitdock.specs.distribution import Horovod, Mpi, PyTorchConfiguration
@@ -28,11 +30,28 @@ from fitdock.targets.plan import LaunchPlan
 from fitdock.targets.variables import free_port, job_variables
 
 RDZV_PORTS = (29400, 500)  # torchrun's c10d port on the first host: 29400 + hash(run id) % 500
+PER_ATTEMPT = ("FITDOCK_ATTEMPT",)  # set for each attempt, after the plan
+AGENT_FILE = HOSTS_AGENT  # in the run folder: the agent as one program, for MPICH's hydra
 
 
 def _hosts(spec: JobSpec) -> Hosts:
     assert isinstance(spec.compute_target, Hosts)  # get_target routes only Hosts here
     return spec.compute_target
+
+
+def agent_program(hosts: Hosts) -> str:
+    """A shell script that runs the agent with its options on its arguments: MPICH's hydra
+    takes the agent as one program (``-launcher-exec``), without options."""
+    return f'#!/bin/sh\nexec {shlex.join(hosts.agent_argv())} "$@"\n'
+
+
+def _mpi_agent(hosts: Hosts, flavor: Flavor, run: RunDir) -> tuple[str, ...]:
+    """The agent as the launcher takes it: hydra gets ``AGENT_FILE`` when the agent has
+    options (ssh's, by default), written before each attempt (``before_attempt``)."""
+    argv = tuple(hosts.agent_argv())
+    if flavor is Flavor.MPICH and len(argv) > 1:
+        return (str(run.path / AGENT_FILE),)
+    return argv
 
 
 def _remote(
@@ -78,6 +97,14 @@ class HostsTarget(Target):
                 "user_managed=False: building environments on remote hosts is not available yet; "
                 "pass user_managed=True and install the packages on every host"
             )
+        if spec.hang_timeout_seconds is not None and not hosts.shared_filesystem:
+            # The watchdog reads the rank logs here; without a shared filesystem they stay on
+            # the hosts until the attempt ends, so every job would look hung.
+            raise NotAvailableError(
+                "hang_timeout_seconds with Hosts(shared_filesystem=False): the hang watchdog "
+                "reads the ranks' logs, which reach this machine only after the attempt; "
+                "use a shared filesystem or leave hang_timeout_seconds unset"
+            )
         if spec.node_count > len(hosts.hosts):
             raise SpecError(
                 f"node_count={spec.node_count} but the Hosts target lists "
@@ -121,9 +148,9 @@ class HostsTarget(Target):
             settings = mpijob.settings(config)
             where = mpi.HostPlacement(
                 host_list=",".join(f"{h.name}:{spec.process_count_per_node}" for h in used),
-                agent=tuple(hosts.agent_argv()),
+                agent=_mpi_agent(hosts, chosen.launcher.flavor, run),
                 wdir=str(run.snapshot),
-                exported=tuple(sorted(env)),
+                exported=tuple(sorted({*env, *PER_ATTEMPT})),  # set by the supervisor
                 network=hosts.network,
                 local_address=hosts.local_address,
             )
@@ -150,6 +177,10 @@ class HostsTarget(Target):
 
     def before_attempt(self, spec: JobSpec, run: RunDir) -> None:
         hosts = _hosts(spec)
+        if isinstance(spec.distribution, (Mpi, Horovod)) and len(hosts.agent_argv()) > 1:
+            agent = run.path / AGENT_FILE
+            agent.write_text(agent_program(hosts))
+            agent.chmod(0o700)
         if not hosts.shared_filesystem:
             staging.stage_in(hosts, [h.name for h in hosts.hosts[: spec.node_count]], run)
 
