@@ -244,6 +244,30 @@ def slurm(slurm_cluster: Any) -> Iterator[Any]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Fake hosts (tests/netns.py) for the hosts target's tests
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def net() -> Iterator[Any]:
+    """Two fake hosts (a ``netns.NamespaceHosts``), named by address only; removed after."""
+    from netns import namespace_hosts, netns_unavailable, require
+
+    require(netns_unavailable())
+    with namespace_hosts(2, resolve_hostnames=False) as hosts:
+        yield hosts
+
+
+@pytest.fixture
+def ssh_net() -> Iterator[Any]:
+    """Two fake hosts like ``net``'s, each with a private sshd (``ssh``: the key, options)."""
+    from netns import namespace_hosts, netns_unavailable, require, sshd_unavailable
+
+    require(netns_unavailable() or sshd_unavailable())
+    with namespace_hosts(2, sshd=True, resolve_hostnames=False) as hosts:
+        assert hosts.ssh is not None
+        yield hosts
+
+
+# ---------------------------------------------------------------------------------------------
 # Shared by the @step, script and sandbox tests
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture

@@ -1,15 +1,19 @@
-"""Helpers shared by the integration tests: process liveness, polling, tiny scripts."""
+"""Helpers shared by the integration tests: process liveness, polling, tiny scripts, docker
+containers, and pytest run on a tiny suite."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+CONFTEST = Path(__file__).with_name("conftest.py")
 
 
 def pid_alive(pid: int) -> bool:
@@ -72,6 +76,23 @@ def python_child(code: str, *args: str, **kwargs: Any) -> subprocess.Popen[str]:
     )
 
 
+@contextlib.contextmanager
+def python_child_killed_after(
+    code: str, *args: str, **kwargs: Any
+) -> Iterator[subprocess.Popen[str]]:
+    """``python_child`` for the block; on exit killed if still running, its pipes closed."""
+    child = python_child(code, *args, **kwargs)
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
+
+
 # A script prologue that records its pid into $PID_FILE (one line per process).
 RECORD_PID = """
 import os
@@ -94,3 +115,38 @@ def processes_mentioning(text: str) -> list[int]:
         if needle in cmdline and pid_alive(int(entry.name)):
             found.append(int(entry.name))
     return found
+
+
+def containers(run_id: str) -> str:
+    """The ids of the docker containers of run ``run_id``, running or not ("" when none)."""
+    done = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"name=fitdock-{run_id}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def run_inner_suite(
+    folder: Path, tests: str, conftest_extra: str, ini: str, ci: str | None
+) -> subprocess.CompletedProcess[str]:
+    """pytest on a tiny suite made in ``folder``: ``tests`` its one test file, this project's
+    conftest.py plus ``conftest_extra`` its conftest, ``ini`` its pytest.ini; ``CI`` set to
+    ``ci`` (unset when None)."""
+    folder.mkdir(parents=True)
+    (folder / "conftest.py").write_text(CONFTEST.read_text() + conftest_extra)
+    (folder / "test_inner.py").write_text(tests)
+    (folder / "pytest.ini").write_text(ini)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    if ci is not None:
+        env["CI"] = ci
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "--strict-markers"],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

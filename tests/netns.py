@@ -58,6 +58,7 @@ SUBNET_PREFIX = "10.213"
 GATEWAY_OCTET = 254
 HOST_INTERFACE = "eth0"
 SSHD = "/usr/sbin/sshd"
+OPEN_MPI = "/usr/bin/mpirun"  # Debian's Open MPI, as the hosts tests run it
 LOCK_FILE = Path(tempfile.gettempdir()) / "fitdock-netns.lock"
 NAME_RE = re.compile(r"^fdk(\d+)x")
 MAX_IFNAME = 15
@@ -225,6 +226,12 @@ def require(reason: str | None) -> None:
     if os.environ.get("CI", "").strip().lower() == "true":
         pytest.fail(f"[netns] {reason}; CI=true, so this fails instead of skipping")
     pytest.skip(f"[netns] {reason}")
+
+
+def needs_open_mpi() -> None:
+    """Skip the calling test (fail with ``CI=true``) unless ``OPEN_MPI`` is installed."""
+    if not os.access(OPEN_MPI, os.X_OK):
+        require(f"{OPEN_MPI} is not installed (scripts/install-system.sh installs it)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,16 +36,14 @@ PREEMPT_GRACE = 10  # a preempted job has this long between SIGTERM and SIGKILL
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 DAEMONS = ("/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/sbin/munged")
 
-CONF = """\
-ClusterName=fitdock-test
-SlurmctldHost={host}(127.0.0.1)
+# What both clusters set alike: ports, munge, no cgroups, no accounting, quick scheduling.
+COMMON_CONF = """\
 SlurmctldPort={ctld_port}
 SlurmdPort={slurmd_port}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 AuthInfo=cred_expire={cred_expire}
-CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -58,6 +56,16 @@ ReturnToService=2
 SchedulerParameters=sched_interval=1
 MinJobAge=600
 StateSaveLocation={root}/state
+"""
+
+CONF = (
+    """\
+ClusterName=fitdock-test
+SlurmctldHost={host}(127.0.0.1)
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
+"""
+    + COMMON_CONF
+    + """\
 SlurmdSpoolDir={root}/spool
 SlurmctldPidFile={root}/slurmctld.pid
 SlurmdPidFile={root}/slurmd.pid
@@ -69,6 +77,7 @@ PreemptMode=REQUEUE
 PartitionName=debug Nodes={host} Default=YES State=UP PriorityTier=1 GraceTime={grace}
 PartitionName=urgent Nodes={host} State=UP PriorityTier=2
 """
+)
 
 
 @dataclass
@@ -88,23 +97,31 @@ class Cluster:
             list(argv), env=self.env, capture_output=True, text=True, timeout=timeout, check=False
         )
 
+    def nodes_idle(self) -> bool:
+        """Every node takes work (sinfo's state ``idle``)."""
+        return self.run("sinfo", "-h", "-n", self.host, "-o", "%t").stdout.strip() == "idle"
+
     def wait_idle(self, timeout: float = 60) -> None:
-        """Until no job is left and the node takes work again."""
+        """Until no job is left and every node takes work again."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             jobs = self.run("squeue", "-h", "-o", "%i").stdout.strip()
-            state = self.run("sinfo", "-h", "-n", self.host, "-o", "%t").stdout.strip()
-            if not jobs and state == "idle":
+            if not jobs and self.nodes_idle():
                 return
             time.sleep(0.2)
-        raise TimeoutError(f"Slurm node {self.host} not idle after {timeout} s: {self.logs()}")
+        raise TimeoutError(f"{self.label} not idle after {timeout} s: {self.logs()}")
+
+    @property
+    def label(self) -> str:
+        """How an error names the cluster's nodes."""
+        return f"Slurm node {self.host}"
 
     def logs(self) -> str:
+        """The last 20 lines of each daemon's log."""
         parts = []
-        for name in ("slurmctld.log", "slurmd.log"):
-            path = self.root / name
-            if path.is_file():
-                parts.append(f"--- {name}\n" + "\n".join(path.read_text().splitlines()[-20:]))
+        for path in sorted(self.root.glob("slurm*.log")):
+            lines = path.read_text(errors="replace").splitlines()[-20:]
+            parts.append(f"--- {path.name}\n" + "\n".join(lines))
         return "\n".join(parts)
 
 
@@ -118,6 +135,14 @@ def missing() -> str | None:
     if os.geteuid() != 0:
         return "the private Slurm cluster runs its daemons as root"
     return None
+
+
+def _this_host() -> str:
+    """This machine's short name; a ``RuntimeError`` when no private cluster can start here."""
+    reason = missing()
+    if reason:
+        raise RuntimeError(reason)
+    return socket.gethostname().split(".")[0]
 
 
 def _free_port() -> int:
@@ -162,11 +187,23 @@ def _stop(pid_file: Path) -> None:
 
 
 @contextlib.contextmanager
+def _munge_then_teardown(cluster: Cluster, slurmd_pid_files: list[Path]) -> Iterator[None]:
+    """munged for the block (started when none runs); on exit every job cancelled, the slurmd
+    daemons (their pid files) and slurmctld stopped, the cluster's folder removed."""
+    with _munge():
+        try:
+            yield
+        finally:
+            cluster.run("scancel", "--user", "root", "--full", "--signal", "KILL")
+            for pid_file in slurmd_pid_files:
+                _stop(pid_file)
+            _stop(cluster.root / "slurmctld.pid")
+            shutil.rmtree(cluster.root, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def slurm_cluster(kill_wait: int = 5) -> Iterator[Cluster]:
-    reason = missing()
-    if reason:
-        raise RuntimeError(reason)
-    host = socket.gethostname().split(".")[0]
+    host = _this_host()
     cpus = os.cpu_count() or 1
     root = Path(tempfile.mkdtemp(prefix="fitdock-slurm-"))
     for name in ("state", "spool"):
@@ -185,17 +222,11 @@ def slurm_cluster(kill_wait: int = 5) -> Iterator[Cluster]:
         )
     )
     cluster = Cluster(root=root, conf=conf, host=host, cpus=cpus)
-    with _munge():
-        try:
-            for daemon in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd"):
-                subprocess.run([daemon, "-f", str(conf)], env=cluster.env, check=True, timeout=30)
-            cluster.wait_idle()
-            yield cluster
-        finally:
-            cluster.run("scancel", "--user", "root", "--full", "--signal", "KILL")
-            _stop(root / "slurmd.pid")
-            _stop(root / "slurmctld.pid")
-            shutil.rmtree(root, ignore_errors=True)
+    with _munge_then_teardown(cluster, [root / "slurmd.pid"]):
+        for daemon in ("/usr/sbin/slurmctld", "/usr/sbin/slurmd"):
+            subprocess.run([daemon, "-f", str(conf)], env=cluster.env, check=True, timeout=30)
+        cluster.wait_idle()
+        yield cluster
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,27 +236,13 @@ def slurm_cluster(kill_wait: int = 5) -> Iterator[Cluster]:
 # own network and UTS namespace (the host's name, its /etc/hosts), as the netns agent runs a
 # command there. The nodes share this machine's file system (the run folder, the interpreter),
 # as cluster nodes share NFS.
-NODES_CONF = """\
+NODES_CONF = (
+    """\
 ClusterName=fitdock-nodes
 SlurmctldHost={host}({gateway})
-SlurmctldPort={ctld_port}
-SlurmdPort={slurmd_port}
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-AuthInfo=cred_expire={cred_expire}
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-KillWait={kill_wait}
-ReturnToService=2
-SchedulerParameters=sched_interval=1
-MinJobAge=600
-StateSaveLocation={root}/state
+"""
+    + COMMON_CONF
+    + """\
 SlurmdSpoolDir={root}/spool-%n
 TmpFS={root}/tmp-%n
 SlurmctldPidFile={root}/slurmctld.pid
@@ -235,6 +252,7 @@ SlurmdLogFile={root}/slurmd-%n.log
 {nodes}
 PartitionName=debug Nodes={names} Default=YES State=UP
 """
+)
 
 # Start slurmd the way the netns agent runs a command: the host's name and /etc/hosts. It enters
 # the network namespace with nsenter, not `ip netns exec`, which mounts a /sys of its own
@@ -251,32 +269,20 @@ class NodesCluster(Cluster):
 
     nodes: tuple[str, ...] = ()
 
-    def wait_nodes_idle(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            jobs = self.run("squeue", "-h", "-o", "%i").stdout.strip()
-            states = self.run("sinfo", "-h", "-N", "-o", "%t").stdout.split()
-            if not jobs and states == ["idle"] * len(self.nodes):
-                return
-            time.sleep(0.2)
-        raise TimeoutError(f"Slurm nodes {self.nodes} not idle after {timeout} s: {self.logs()}")
+    def nodes_idle(self) -> bool:
+        states = self.run("sinfo", "-h", "-N", "-o", "%t").stdout.split()
+        return states == ["idle"] * len(self.nodes)
 
-    def logs(self) -> str:
-        parts = []
-        for path in sorted(self.root.glob("slurm*.log")):
-            lines = path.read_text(errors="replace").splitlines()[-20:]
-            parts.append(f"--- {path.name}\n" + "\n".join(lines))
-        return "\n".join(parts)
+    @property
+    def label(self) -> str:
+        return f"Slurm nodes {self.nodes}"
 
 
 @contextlib.contextmanager
 def slurm_cluster_on_hosts(net: Any, cpus: int = 2, kill_wait: int = 5) -> Iterator[NodesCluster]:
     """A Slurm cluster with one node per fake host of ``net`` (a ``netns.NamespaceHosts``
     made with ``resolve_hostnames=True``), ``cpus`` CPUs each; removed on exit."""
-    reason = missing()
-    if reason:
-        raise RuntimeError(reason)
-    host = socket.gethostname().split(".")[0]
+    host = _this_host()
     root = Path(tempfile.mkdtemp(prefix="fitdock-slurm-nodes-"))
     (root / "state").mkdir()
     names = tuple(h.hostname for h in net.hosts)
@@ -304,25 +310,16 @@ def slurm_cluster_on_hosts(net: Any, cpus: int = 2, kill_wait: int = 5) -> Itera
     cluster = NodesCluster(root=root, conf=conf, host=host, cpus=cpus, nodes=names)
     with Path(net.hosts_file).open("a") as hosts_file:  # the nodes reach this machine by name
         hosts_file.write(f"{net.gateway} {host}\n")
-    with _munge():
-        try:
-            subprocess.run(
-                ["/usr/sbin/slurmctld", "-f", str(conf)], env=cluster.env, check=True, timeout=30
-            )
-            for h in net.hosts:
-                argv = ["nsenter", f"--net=/run/netns/{h.namespace}", "unshare", "--uts",
-                        "--mount", "--", "/bin/sh", "-c", SLURMD_IN_HOST, "slurmd", h.hostname,
-                        str(net.hosts_file), str(conf)]  # fmt: skip
-                done = subprocess.run(
-                    argv, env=cluster.env, capture_output=True, text=True, timeout=30
-                )
-                if done.returncode != 0:
-                    raise RuntimeError(f"slurmd on {h.hostname}: {done.stderr} {cluster.logs()}")
-            cluster.wait_nodes_idle()
-            yield cluster
-        finally:
-            cluster.run("scancel", "--user", "root", "--full", "--signal", "KILL")
-            for name in names:
-                _stop(root / f"slurmd-{name}.pid")
-            _stop(root / "slurmctld.pid")
-            shutil.rmtree(root, ignore_errors=True)
+    with _munge_then_teardown(cluster, [root / f"slurmd-{name}.pid" for name in names]):
+        subprocess.run(
+            ["/usr/sbin/slurmctld", "-f", str(conf)], env=cluster.env, check=True, timeout=30
+        )
+        for h in net.hosts:
+            argv = ["nsenter", f"--net=/run/netns/{h.namespace}", "unshare", "--uts",
+                    "--mount", "--", "/bin/sh", "-c", SLURMD_IN_HOST, "slurmd", h.hostname,
+                    str(net.hosts_file), str(conf)]  # fmt: skip
+            done = subprocess.run(argv, env=cluster.env, capture_output=True, text=True, timeout=30)
+            if done.returncode != 0:
+                raise RuntimeError(f"slurmd on {h.hostname}: {done.stderr} {cluster.logs()}")
+        cluster.wait_idle()
+        yield cluster

@@ -4,13 +4,11 @@ skips, with their reasons."""
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-CONFTEST = Path(__file__).with_name("conftest.py")
+from helpers import run_inner_suite
 
 INNER_TESTS = """
 import pytest
@@ -68,23 +66,7 @@ SKIPS = ("test_plain_skip", "test_importorskip", "test_skipif_mark", "test_skip_
 def run_inner(
     tmp_path: Path, ci: str | None, tests: str = INNER_TESTS
 ) -> subprocess.CompletedProcess[str]:
-    suite = tmp_path / "suite"
-    suite.mkdir(parents=True)
-    (suite / "conftest.py").write_text(CONFTEST.read_text() + EXTRA)
-    (suite / "test_inner.py").write_text(tests)
-    (suite / "pytest.ini").write_text(INI)
-    env = {k: v for k, v in os.environ.items() if k != "CI"}
-    if ci is not None:
-        env["CI"] = ci
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "--strict-markers"],
-        cwd=suite,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_inner_suite(tmp_path / "suite", tests, EXTRA, INI, ci)
 
 
 def summary(done: subprocess.CompletedProcess[str]) -> str:

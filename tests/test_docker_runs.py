@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import run_dirs, wait_until
+from helpers import containers, run_dirs, wait_until
 
 from fitdock import Chainer, Estimator, Mpi, Run, RunStatus
 from fitdock.environments.image import ensure_image
@@ -101,16 +101,6 @@ def removed(*run_ids: str) -> bool:
     """The runs' containers are gone: ``docker run --rm`` returns when the container exits,
     and the daemon removes it just after, so a loaded machine may still list it briefly."""
     return wait_until(lambda: not any(containers(run_id) for run_id in run_ids), 10, 0.1)
-
-
-def containers(run_id: str) -> str:
-    done = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"name=fitdock-{run_id}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
 
 
 @pytest.mark.timeout(900)  # the first test here builds the image

@@ -5,22 +5,19 @@ hosts, and the ssh agent against a private sshd per host."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import pid_alive, wait_until
-from netns import NamespaceHosts, namespace_hosts, netns_unavailable, require, sshd_unavailable
+from netns import OPEN_MPI, NamespaceHosts, needs_open_mpi
 
 from fitdock import Estimator, Hosts, Mpi, PyTorch, PyTorchConfiguration, RunStatus
 
 pytestmark = [pytest.mark.netns, pytest.mark.mpi]
 
 ELEMENTS = 250_000  # float64: 2 MB must cross each host's veth for the allreduce
-OPEN_MPI = "/usr/bin/mpirun"
 
 MPI_SCRIPT = f"""\
 import json, os, sys, time
@@ -60,24 +57,12 @@ dist.destroy_process_group()
 
 
 @pytest.fixture
-def net() -> Iterator[NamespaceHosts]:
-    require(netns_unavailable())
-    with namespace_hosts(2, resolve_hostnames=False) as hosts:
-        yield hosts
-
-
-@pytest.fixture
 def source(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir()
     (src / "mpi_job.py").write_text(MPI_SCRIPT)
     (src / "torch_job.py").write_text(TORCH_SCRIPT)
     return src
-
-
-def needs_open_mpi() -> None:
-    if not os.access(OPEN_MPI, os.X_OK):
-        require(f"{OPEN_MPI} is not installed (scripts/install-system.sh installs it)")
 
 
 def check_spread(net: NamespaceHosts, outputs: Path, size: int = 4) -> None:
@@ -185,19 +170,19 @@ def test_torchrun_on_two_hosts_through_the_agent(net: NamespaceHosts, source: Pa
     check_crossed(net, before, ELEMENTS * 8)
 
 
-def test_open_mpi_over_ssh_to_a_private_sshd_per_host(source: Path) -> None:
+def test_open_mpi_over_ssh_to_a_private_sshd_per_host(
+    ssh_net: NamespaceHosts, source: Path
+) -> None:
     needs_open_mpi()
-    require(netns_unavailable() or sshd_unavailable())
-    with namespace_hosts(2, sshd=True, resolve_hostnames=False) as net:
-        assert net.ssh is not None
-        target = Hosts(
-            [f"{h.address}:2" for h in net.hosts], ssh_user=net.ssh.user,
-            ssh_key=net.ssh.key, ssh_options=net.ssh.options, network=net.subnet,
-        )  # fmt: skip
-        assert target.agent_argv()[0] == "ssh"
-        run = mpi_job(source, target, OPEN_MPI).fit()
-        assert run.status is RunStatus.COMPLETED, run.error
-        check_spread(net, run.output_dir)
+    assert ssh_net.ssh is not None
+    target = Hosts(
+        [f"{h.address}:2" for h in ssh_net.hosts], ssh_user=ssh_net.ssh.user,
+        ssh_key=ssh_net.ssh.key, ssh_options=ssh_net.ssh.options, network=ssh_net.subnet,
+    )  # fmt: skip
+    assert target.agent_argv()[0] == "ssh"
+    run = mpi_job(source, target, OPEN_MPI).fit()
+    assert run.status is RunStatus.COMPLETED, run.error
+    check_spread(ssh_net, run.output_dir)
 
 
 def test_without_a_shared_filesystem_the_run_is_staged_through_the_agent(

@@ -3,14 +3,11 @@ tool skips with its reason, fails with CI=true, and ``gpu`` always skips."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-CONFTEST = Path(__file__).with_name("conftest.py")
+from helpers import run_inner_suite
 
 INNER_TESTS = """
 import pytest
@@ -43,23 +40,7 @@ markers =
 
 
 def run_inner(tmp_path: Path, ci: str | None) -> subprocess.CompletedProcess[str]:
-    suite = tmp_path / "suite"
-    suite.mkdir()
-    (suite / "conftest.py").write_text(CONFTEST.read_text() + EXTRA)
-    (suite / "test_inner.py").write_text(INNER_TESTS)
-    (suite / "pytest.ini").write_text(INI)
-    env = {k: v for k, v in os.environ.items() if k != "CI"}
-    if ci is not None:
-        env["CI"] = ci
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-rA", "-p", "no:cacheprovider", "--strict-markers"],
-        cwd=suite,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_inner_suite(tmp_path / "suite", INNER_TESTS, EXTRA, INI, ci)
 
 
 @pytest.mark.parametrize("ci", [None, "false"])

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import wait_until, write_script
+from helpers import containers, wait_until, write_script
 
 from fitdock import Estimator, Run, RunStatus
 from fitdock.environments.image import BuiltImage, ensure_image, image_tag
@@ -61,16 +61,6 @@ def in_image(image: BuiltImage, source: Path, **kwargs: Any) -> Estimator:
         use_docker=True,
         **options,
     )
-
-
-def containers(run_id: str) -> str:
-    done = subprocess.run(
-        ["docker", "ps", "-aq", "--filter", f"name=fitdock-{run_id}"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return done.stdout.strip()
 
 
 def mark(run: Run, name: str, timeout: float = 60) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import pid_alive, wait_until, write_script
@@ -43,6 +44,18 @@ os._exit(3)
 """
 
 
+def _started(estimator: type[Estimator], tmp_path: Path, script: str, **kwargs: Any) -> Run:
+    """``script`` as a user-managed job of ``estimator`` (120 s at most), started."""
+    src = write_script(tmp_path / "src", script)
+    return estimator(
+        src, entry_script="train.py", user_managed=True, max_run_duration_seconds=120, **kwargs
+    ).fit(wait=False)
+
+
+def _two_gloo_ranks() -> PyTorchConfiguration:
+    return PyTorchConfiguration(communication_backend="gloo", process_count=2)
+
+
 def _watch_the_survivor(run: Run, marks: Path) -> tuple[float, float]:
     """Wait for the survivor's pid, then for its death; return (SIGTERM time, death time)."""
     assert wait_until(lambda: (marks / "ready.json").exists(), 60), run.status
@@ -70,23 +83,29 @@ def _assert_killed_after_the_grace(termed: float, died: float) -> None:
     assert waited < FAIL_FAST_GRACE + SLACK, f"the survivor lived {waited:.2f} s after SIGTERM"
 
 
-@pytest.mark.mpi
-def test_mpi_survivor_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
+def _survivor_killed_after_the_grace(
+    estimator: type[Estimator], tmp_path: Path, **kwargs: Any
+) -> Run:
+    """SURVIVOR under ``estimator``: rank 1 fails the job, and the survivor dies the fail-fast
+    grace after its SIGTERM."""
     marks = tmp_path / "marks"
     marks.mkdir()
-    run = Estimator(
-        write_script(tmp_path / "src", SURVIVOR),
-        entry_script="train.py",
-        user_managed=True,
-        process_count_per_node=2,
-        distributed_training=Mpi(),
-        environment_variables={"MARKS": str(marks)},
+    run = _started(
+        estimator, tmp_path, SURVIVOR, environment_variables={"MARKS": str(marks)},
         termination_grace_seconds=60,  # fail-fast has its own grace: this one must not apply
-        max_run_duration_seconds=120,
-    ).fit(wait=False)
+        **kwargs,
+    )  # fmt: skip
     termed, died = _watch_the_survivor(run, marks)
     _assert_failed_by_rank_1(run)
     _assert_killed_after_the_grace(termed, died)
+    return run
+
+
+@pytest.mark.mpi
+def test_mpi_survivor_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path) -> None:
+    _survivor_killed_after_the_grace(
+        Estimator, tmp_path, process_count_per_node=2, distributed_training=Mpi()
+    )
 
 
 @pytest.mark.torch
@@ -94,20 +113,9 @@ def test_torchrun_survivor_that_ignores_sigterm_is_killed_after_the_grace(
     tmp_path: Path,
 ) -> None:
     """torchrun's own agent would wait 30 s before its SIGKILL; fitdock's grace is 2 s."""
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    run = PyTorch(
-        write_script(tmp_path / "src", SURVIVOR),
-        entry_script="train.py",
-        distributed_training=PyTorchConfiguration(communication_backend="gloo", process_count=2),
-        user_managed=True,
-        environment_variables={"MARKS": str(marks)},
-        termination_grace_seconds=60,
-        max_run_duration_seconds=120,
-    ).fit(wait=False)
-    termed, died = _watch_the_survivor(run, marks)
-    _assert_failed_by_rank_1(run)
-    _assert_killed_after_the_grace(termed, died)
+    run = _survivor_killed_after_the_grace(
+        PyTorch, tmp_path, distributed_training=_two_gloo_ranks()
+    )
     assert "torch.distributed.run" in run.record["argv"]
 
 
@@ -128,14 +136,10 @@ def test_torchrun_fail_fast_stops_a_sleeping_rank_within_seconds(tmp_path: Path)
     """A rank that sleeps (default SIGTERM handling) dies at the SIGTERM, long before the
     job's 300 s sleep or torchrun's own timeouts."""
     ready = tmp_path / "ready"
-    run = PyTorch(
-        write_script(tmp_path / "src", SLEEPER),
-        entry_script="train.py",
-        distributed_training=PyTorchConfiguration(communication_backend="gloo", process_count=2),
-        user_managed=True,
+    run = _started(
+        PyTorch, tmp_path, SLEEPER, distributed_training=_two_gloo_ranks(),
         environment_variables={"READY": str(ready)},
-        max_run_duration_seconds=120,
-    ).fit(wait=False)
+    )  # fmt: skip
     assert wait_until(ready.exists, 60), run.status
     pid = int(ready.read_text())
     seen = time.time()

@@ -11,21 +11,18 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import pid_alive, python_child, run_dirs, wait_until
+from helpers import pid_alive, python_child_killed_after, run_dirs, wait_until
 from netns import (
+    OPEN_MPI,
     NamespaceHosts,
-    namespace_hosts,
     namespace_pids,
-    netns_unavailable,
+    needs_open_mpi,
     private_filesystem,
     private_folder,
-    require,
-    sshd_unavailable,
 )
 
 from fitdock import Estimator, Hosts, Mpi, PyTorch, PyTorchConfiguration, Run, RunStatus
@@ -33,7 +30,6 @@ from fitdock.errors import NotAvailableError
 
 pytestmark = pytest.mark.netns
 
-OPEN_MPI = "/usr/bin/mpirun"
 RANKS = 4
 
 # Every rank writes outputs/rank<r>.json (pid, host, time) once it runs; on each SIGTERM it adds
@@ -93,13 +89,6 @@ dist.destroy_process_group()
 
 
 @pytest.fixture
-def net() -> Iterator[NamespaceHosts]:
-    require(netns_unavailable())
-    with namespace_hosts(2, resolve_hostnames=False) as hosts:
-        yield hosts
-
-
-@pytest.fixture
 def source(tmp_path: Path) -> Path:
     src = tmp_path / "src"
     src.mkdir()
@@ -107,11 +96,6 @@ def source(tmp_path: Path) -> Path:
     (src / "staged.py").write_text(STAGED_SCRIPT)
     (src / "torch_job.py").write_text(TORCH_SCRIPT)
     return src
-
-
-def needs_open_mpi() -> None:
-    if not os.access(OPEN_MPI, os.X_OK):
-        require(f"{OPEN_MPI} is not installed (scripts/install-system.sh installs it)")
 
 
 def over_agent(net: NamespaceHosts, agent: Path | None = None, **options: Any) -> Hosts:
@@ -293,9 +277,8 @@ def test_no_rank_on_any_host_survives_a_killed_supervisor(
 ) -> None:
     needs_open_mpi()
     hosts = [f"{h.address}:2" for h in net.hosts]
-    parent = python_child(SUPERVISE_IN_CHILD, str(source), str(net.agent), net.subnet, *hosts,
-                          cwd=tmp_path)  # fmt: skip
-    try:
+    with python_child_killed_after(SUPERVISE_IN_CHILD, str(source), str(net.agent), net.subnet,
+                                   *hosts, cwd=tmp_path) as parent:  # fmt: skip
         runs = fitdock_home / "runs"
         assert wait_until(lambda: list(runs.glob("*/run.json")), 60, 0.05)
         (folder,) = runs.iterdir()
@@ -309,13 +292,6 @@ def test_no_rank_on_any_host_survives_a_killed_supervisor(
         gone = wait_until(lambda: not left_on_hosts(net, pids), timeout=5.0, interval=0.05)
         print(f"[hosts] ranks gone {time.monotonic() - killed_at:.2f} s after the SIGKILL")
         assert gone, f"ranks {left_on_hosts(net, pids)} outlived their supervisor by 5 s"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        for stream in (parent.stdout, parent.stderr):
-            if stream is not None:
-                stream.close()
     # SIGTERM first, then SIGKILL (the reaper's stop of an orphaned tree reaches the rank
     # wrappers too, which pass it on: a rank may get it twice here)
     assert sorted(term_times(run, once=False)) == list(range(RANKS))
@@ -375,14 +351,6 @@ def test_a_hang_timeout_without_a_shared_filesystem_is_refused(
 # ---------------------------------------------------------------------------------------------
 # MPICH and torchrun through ssh to a private sshd per host
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture
-def ssh_net() -> Iterator[NamespaceHosts]:
-    require(netns_unavailable() or sshd_unavailable())
-    with namespace_hosts(2, sshd=True, resolve_hostnames=False) as hosts:
-        assert hosts.ssh is not None
-        yield hosts
-
-
 def over_ssh(net: NamespaceHosts, **options: Any) -> Hosts:
     assert net.ssh is not None
     return Hosts(

@@ -13,11 +13,12 @@ import shlex
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import write_script
 
-from fitdock import Estimator, Mpi, RunStatus
+from fitdock import Estimator, Mpi, Run, RunStatus
 from fitdock.execution.supervisor import FAIL_FAST_GRACE
 
 SLACK = 3.0  # a loaded 2-core machine
@@ -45,15 +46,17 @@ while step < 10:
 """
 
 
-def test_a_timed_out_attempt_restarts_from_its_checkpoint(tmp_path: Path) -> None:
-    run = Estimator(
-        write_script(tmp_path / "src", RESUMES),
-        entry_script="train.py",
-        user_managed=True,
-        max_run_duration_seconds=3,
-        termination_grace_seconds=1,
-        max_restarts=1,
+def fit(tmp_path: Path, script: str, **kwargs: Any) -> Run:
+    """``script`` as a user-managed job, run to its end."""
+    return Estimator(
+        write_script(tmp_path / "src", script), entry_script="train.py", user_managed=True, **kwargs
     ).fit()
+
+
+def test_a_timed_out_attempt_restarts_from_its_checkpoint(tmp_path: Path) -> None:
+    run = fit(
+        tmp_path, RESUMES, max_run_duration_seconds=3, termination_grace_seconds=1, max_restarts=1
+    )
     assert run.status is RunStatus.COMPLETED, run.error
     attempts = run.record["attempts"]
     assert [a["outcome"] for a in attempts] == ["timeout", "completed"]
@@ -70,14 +73,9 @@ def test_timeouts_stop_restarting_when_the_budget_is_spent(tmp_path: Path) -> No
     """Every attempt gets stuck past step 5 here: both time out, and the run reads so."""
     script = RESUMES.replace('int(os.environ["FITDOCK_ATTEMPT"])', "1")
     script = script.replace("step == 5", "step >= 5")
-    run = Estimator(
-        write_script(tmp_path / "src", script),
-        entry_script="train.py",
-        user_managed=True,
-        max_run_duration_seconds=2,
-        termination_grace_seconds=1,
-        max_restarts=1,
-    ).fit()
+    run = fit(
+        tmp_path, script, max_run_duration_seconds=2, termination_grace_seconds=1, max_restarts=1
+    )
     assert run.status is RunStatus.TIMED_OUT
     assert [a["outcome"] for a in run.record["attempts"]] == ["timeout", "timeout"]
     assert run.get_metrics("start_step", as_lists=True) == {"start_step": [0, 5]}
@@ -113,18 +111,16 @@ def _flaky_launcher(folder: Path) -> Path:
     return wrapper
 
 
+def fit_two_ranks(tmp_path: Path, launcher: Path, **kwargs: Any) -> Run:
+    """RANKS as two MPI ranks that ``launcher`` starts, run to its end."""
+    mpi = Mpi(mpirun=str(launcher))
+    return fit(tmp_path, RANKS, process_count_per_node=2, distributed_training=mpi, **kwargs)
+
+
 @pytest.mark.mpi
 def test_a_failed_launcher_restarts_and_the_second_attempt_completes(tmp_path: Path) -> None:
     launcher = _flaky_launcher(tmp_path / "bin")
-    run = Estimator(
-        write_script(tmp_path / "src", RANKS),
-        entry_script="train.py",
-        user_managed=True,
-        process_count_per_node=2,
-        distributed_training=Mpi(mpirun=str(launcher)),
-        max_restarts=1,
-        max_run_duration_seconds=120,
-    ).fit()
+    run = fit_two_ranks(tmp_path, launcher, max_restarts=1, max_run_duration_seconds=120)
     assert run.status is RunStatus.COMPLETED, run.error
     first, second = run.record["attempts"]
     assert (first["outcome"], second["outcome"]) == ("launcher_failed", "completed")
@@ -140,14 +136,7 @@ def test_a_launcher_that_always_fails_spends_the_budget(tmp_path: Path) -> None:
     launcher = _flaky_launcher(tmp_path / "bin")
     script = launcher.read_text().replace('[ "$FITDOCK_ATTEMPT" = "1" ]', "true")
     launcher.write_text(script)
-    run = Estimator(
-        write_script(tmp_path / "src", RANKS),
-        entry_script="train.py",
-        user_managed=True,
-        process_count_per_node=2,
-        distributed_training=Mpi(mpirun=str(launcher)),
-        max_restarts=2,
-    ).fit()
+    run = fit_two_ranks(tmp_path, launcher, max_restarts=2)
     assert run.status is RunStatus.FAILED
     assert [a["outcome"] for a in run.record["attempts"]] == ["launcher_failed"] * 3
     assert run.error is not None and run.error["reason"] == "launcher_failed"
@@ -186,15 +175,14 @@ def test_the_hang_watchdog_is_reset_by_activity(tmp_path: Path, how: str) -> Non
     Then quiet: stopped as hung within the timeout (plus the poll), measured from the
     moment the job went quiet."""
     quiet = tmp_path / "quiet.json"
-    run = Estimator(
-        write_script(tmp_path / "src", ACTIVE_THEN_QUIET),
-        entry_script="train.py",
+    run = fit(
+        tmp_path,
+        ACTIVE_THEN_QUIET,
         script_params=[how],
-        user_managed=True,
         hang_timeout_seconds=HANG,
         environment_variables={"QUIET": str(quiet)},
         max_run_duration_seconds=120,
-    ).fit()
+    )
     returned = time.time()
     assert quiet.exists(), f"stopped while still active: {run.error}"
     went_quiet = json.loads(quiet.read_text())["at"]

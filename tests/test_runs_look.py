@@ -389,7 +389,8 @@ def test_a_fit_shows_every_phase_from_resolving_to_ended(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """fit(show_output=True) with output that is not a terminal: one plain line a phase."""
-    src = write_script(tmp_path / "src", "print('trained')\n")
+    # long enough for a follower that reads the record every 0.1 s to see it running
+    src = write_script(tmp_path / "src", "import time\ntime.sleep(1.5)\nprint('trained')\n")
     run = Estimator(src, entry_script="train.py", user_managed=True).fit(show_output=True)
     assert run.status is RunStatus.COMPLETED
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("fitdock:")]

@@ -15,6 +15,7 @@ from helpers import (
     pid_alive,
     processes_mentioning,
     python_child,
+    python_child_killed_after,
     read_pids,
     wait_until,
     write_script,
@@ -240,8 +241,9 @@ def _kill_the_supervisor(tmp_path: Path, ranks: int) -> str:
     the ranks are up; the ranks must be gone within 5 s and the run must read as lost."""
     src = write_script(tmp_path / "src", IGNORES_TERM)
     pid_file = tmp_path / "pids"
-    parent = python_child(SUPERVISE_IN_CHILD, str(ranks), str(src), str(pid_file), cwd=tmp_path)
-    try:
+    with python_child_killed_after(
+        SUPERVISE_IN_CHILD, str(ranks), str(src), str(pid_file), cwd=tmp_path
+    ) as parent:
         assert parent.stdout is not None and parent.stderr is not None
         run_id = parent.stdout.readline().strip()
         assert run_id, parent.stderr.read()
@@ -258,13 +260,6 @@ def _kill_the_supervisor(tmp_path: Path, ranks: int) -> str:
         if ranks == 1:  # (Hydra may SIGKILL its ranks itself on SIGTERM)
             assert took >= ORPHAN_GRACE - 0.1, f"SIGKILL came {took:.2f} s after the loss"
         assert took < 5.0
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
-        for stream in (parent.stdout, parent.stderr):
-            if stream is not None:
-                stream.close()
     run = Run(run_id)
     assert run.status is RunStatus.FAILED
     assert run.error is not None and run.error["reason"] == "lost_supervisor"
@@ -313,18 +308,13 @@ except KeyboardInterrupt:
 def test_ctrl_c_while_waiting_cancels_the_run(tmp_path: Path) -> None:
     src = write_script(tmp_path / "src", SLEEPER)
     pid_file = tmp_path / "pids"
-    parent = python_child(FIT_IN_CHILD, str(src), str(pid_file), cwd=tmp_path)
-    try:
+    with python_child_killed_after(FIT_IN_CHILD, str(src), str(pid_file), cwd=tmp_path) as parent:
         assert parent.stdout is not None
         run_id = parent.stdout.readline().strip()
         pids = read_pids(pid_file)
         assert wait_until(lambda: Run(run_id).status is RunStatus.RUNNING, 30)
         os.kill(parent.pid, signal.SIGINT)
         out, err = parent.communicate(timeout=10)
-    finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.communicate()
     assert parent.returncode == 130, err
     assert out.strip() == "interrupted"
     run = Run(run_id)

@@ -83,27 +83,33 @@ def seen(run: Any, rank: int = 0) -> dict[str, Any]:
     return dict(json.loads((run.output_dir / f"seen-{rank}.json").read_text()))
 
 
+def fit_every_string(tmp_path: Path, ranks: int = 1, **kwargs: Any) -> Any:
+    """The odd script in the odd folder, every payload an argument and a variable, fitted with
+    ``kwargs``: each of ``ranks`` ranks got them literally, and no shell evaluated one."""
+    marker = tmp_path / "MARKER"
+    args = payloads(marker)
+    env = variables(marker)
+    run = Estimator(
+        odd_source(tmp_path), entry_script=ODD_SCRIPT, script_params=args, user_managed=True,
+        environment_variables=env, **kwargs,
+    ).fit()  # fmt: skip
+    assert run.status is RunStatus.COMPLETED, run.error
+    for rank in range(ranks):
+        got = seen(run, rank)
+        assert got["argv"] == args and got["script"] == ODD_SCRIPT
+        assert got["env"] == env
+    no_marker(marker, tmp_path)
+    return run
+
+
 # ------------------------------------------------------------------------------------ local
 def test_local_run_gets_every_string_literally(tmp_path: Path, fitdock_home: Path) -> None:
-    marker = tmp_path / "MARKER"
-    src = odd_source(tmp_path)
     data = tmp_path / "in put's $(dir)"
     data.mkdir()
     (data / "a file; `touch x`").write_text("")
-    args = payloads(marker)
-    est = Estimator(
-        src, entry_script=ODD_SCRIPT, script_params=args, user_managed=True,
-        environment_variables=variables(marker), inputs={"odd_data": str(data)},
-    )  # fmt: skip
-    run = est.fit()
-    assert run.status is RunStatus.COMPLETED, run.error
-    got = seen(run)
-    assert got["argv"] == args
-    assert got["env"] == variables(marker)
-    assert got["script"] == ODD_SCRIPT
-    assert got["data"] == ["a file; `touch x`"]
+    run = fit_every_string(tmp_path, inputs={"odd_data": str(data)})
+    assert seen(run)["data"] == ["a file; `touch x`"]
     assert names_are_safe(run.id)
-    no_marker(marker, tmp_path)
 
 
 def names_are_safe(run_id: str) -> bool:
@@ -140,20 +146,7 @@ def test_nul_bytes_are_refused_before_anything_is_made(tmp_path: Path, fitdock_h
 @pytest.mark.mpi
 def test_mpi_ranks_get_every_string_literally(tmp_path: Path) -> None:
     """mpirun (Open MPI or MPICH) passes argv and the environment to each rank as they are."""
-    marker = tmp_path / "MARKER"
-    src = odd_source(tmp_path)
-    args = payloads(marker)
-    env = variables(marker)
-    run = Estimator(
-        src, entry_script=ODD_SCRIPT, script_params=args, user_managed=True,
-        environment_variables=env, process_count_per_node=2, distributed_training=Mpi(),
-    ).fit()  # fmt: skip
-    assert run.status is RunStatus.COMPLETED, run.error
-    for rank in (0, 1):
-        got = seen(run, rank)
-        assert got["argv"] == args and got["script"] == ODD_SCRIPT
-        assert got["env"] == env
-    no_marker(marker, tmp_path)
+    fit_every_string(tmp_path, ranks=2, process_count_per_node=2, distributed_training=Mpi())
 
 
 # ----------------------------------------------------------------------- oversubscription
@@ -304,16 +297,4 @@ def test_docker_run_gets_arguments_and_paths_literally(
 @pytest.mark.slurm
 def test_slurm_job_gets_arguments_and_variables_literally(slurm: Any, tmp_path: Path) -> None:
     """Through sbatch's script (``export NAME=<quoted>``, the command quoted word by word)."""
-    marker = tmp_path / "MARKER"
-    src = odd_source(tmp_path)
-    args = payloads(marker)
-    env = variables(marker)
-    run = Estimator(
-        src, entry_script=ODD_SCRIPT, script_params=args, user_managed=True,
-        environment_variables=env, compute_target=Slurm(), termination_grace_seconds=5,
-    ).fit()  # fmt: skip
-    assert run.status is RunStatus.COMPLETED, run.error
-    got = seen(run)
-    assert got["argv"] == args and got["script"] == ODD_SCRIPT
-    assert got["env"] == env
-    no_marker(marker, tmp_path)
+    fit_every_string(tmp_path, compute_target=Slurm(), termination_grace_seconds=5)

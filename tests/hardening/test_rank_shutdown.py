@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,9 @@ def open_mpi() -> Mpi:
     return Mpi(mpirun=OPEN_MPI)
 
 
-def fit(src: Path, distribution: Any, **kwargs: Any) -> Any:
+def fit(src: Path, distribution: Any, estimator: type[Estimator] = Estimator, **kwargs: Any) -> Any:
     kwargs.setdefault("process_count_per_node", 2)
-    return Estimator(
+    return estimator(
         src,
         entry_script="train.py",
         user_managed=True,
@@ -57,30 +58,36 @@ def assert_all_reaped(run: Any) -> None:
     assert zombie_children() == []
 
 
+def assert_rank_1_ended_the_world(run: Any, returned: float) -> None:
+    """Rank 1 raised, and the job failed within 20 s of it, rank 1's error in its log."""
+    assert run.status is RunStatus.FAILED, run.error
+    raised = float((run.output_dir / "raising").read_text())
+    # Before: rank 1 waited in MPI_Finalize, rank 0 in recv, until the deadline.
+    assert returned - raised < 20, returned - raised
+    assert "rank 1 gives up" in (run.log_dir / "rank_1.stderr.log").read_text()
+
+
 QUICK = "from fitdock import Run\nprint('rank', Run.get_context().rank)\n"
 
 
-@pytest.mark.torch
-def test_fit_returns_when_every_torchrun_rank_has_exited(tmp_path: Path) -> None:
-    # torchrun takes about a second to tear down after its ranks have exited (measured:
-    # median 0.83 s, up to 1.6 s, before this change; 0.07 s after): fit() need not wait.
+# torchrun takes about a second to tear down after its ranks have exited (measured: median
+# 0.83 s, up to 1.6 s, before this change; 0.07 s after): fit() need not wait.
+@pytest.mark.parametrize(
+    ("distribution", "within"),
+    [
+        pytest.param(PyTorchConfiguration, 0.6, marks=pytest.mark.torch, id="torchrun"),
+        pytest.param(open_mpi, 1.0, marks=pytest.mark.mpi, id="open_mpi"),
+    ],
+)
+def test_fit_returns_when_every_rank_has_exited(
+    tmp_path: Path, distribution: Callable[[], Any], within: float
+) -> None:
     src = write_script(tmp_path / "src", QUICK)
-    run = fit(src, PyTorchConfiguration())
+    run = fit(src, distribution())
     returned = time.time()
     assert run.status is RunStatus.COMPLETED, run.error
     last = max(r["ended"] for r in run.record["ranks"].values())
-    assert 0 <= returned - last < 0.6, returned - last
-    assert_all_reaped(run)
-
-
-@pytest.mark.mpi
-def test_fit_returns_when_every_open_mpi_rank_has_exited(tmp_path: Path) -> None:
-    src = write_script(tmp_path / "src", QUICK)
-    run = fit(src, open_mpi())
-    returned = time.time()
-    assert run.status is RunStatus.COMPLETED, run.error
-    last = max(r["ended"] for r in run.record["ranks"].values())
-    assert 0 <= returned - last < 1.0, returned - last
+    assert 0 <= returned - last < within, returned - last
     assert_all_reaped(run)
 
 
@@ -105,12 +112,7 @@ def test_a_rank_raising_in_mpi4py_aborts_the_world(tmp_path: Path, launcher: str
     src = write_script(tmp_path / "src", RAISES_MPI4PY)
     config = Mpi() if launcher == "default" else open_mpi()
     run = fit(src, config, max_run_duration_seconds=120)
-    returned = time.time()
-    assert run.status is RunStatus.FAILED, run.error
-    raised = float((run.output_dir / "raising").read_text())
-    # Before: rank 1 waited in MPI_Finalize, rank 0 in recv, until the deadline.
-    assert returned - raised < 20, returned - raised
-    assert "rank 1 gives up" in (run.log_dir / "rank_1.stderr.log").read_text()
+    assert_rank_1_ended_the_world(run, time.time())
     assert run.error["reason"] != "timeout"
 
 
@@ -133,19 +135,8 @@ comm.bcast_obj(None, root=1)  # rank 0 waits for rank 1 in a collective
 @pytest.mark.mpi
 def test_a_chainermn_rank_raising_aborts_the_world(tmp_path: Path) -> None:
     src = write_script(tmp_path / "src", RAISES_CHAINERMN)
-    run = Chainer(
-        src,
-        entry_script="train.py",
-        user_managed=True,
-        process_count_per_node=2,
-        distributed_training=Mpi(),
-        max_run_duration_seconds=120,
-    ).fit()
-    returned = time.time()
-    assert run.status is RunStatus.FAILED, run.error
-    raised = float((run.output_dir / "raising").read_text())
-    assert returned - raised < 20, returned - raised
-    assert "rank 1 gives up" in (run.log_dir / "rank_1.stderr.log").read_text()
+    run = fit(src, Mpi(), estimator=Chainer, max_run_duration_seconds=120)
+    assert_rank_1_ended_the_world(run, time.time())
 
 
 IGNORES_TERM = """
