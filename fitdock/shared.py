@@ -36,7 +36,7 @@ def pause_at(phase: str) -> None:
     process's pid to ``$FITDOCK_TEST_PAUSE_DIR/<phase>`` and wait there until that file is
     removed, so that a test can kill the process at that exact point, or change the world
     (fill the disk) before it goes on (tests/hardening/). Phases: validation, snapshot,
-    environment, record, launch; pipeline_scheduling, pipeline_between_steps,
+    environment, image, record, launch; pipeline_scheduling, pipeline_between_steps,
     pipeline_reuse."""
     if os.environ.get("FITDOCK_TEST_PAUSE_AT") != phase:
         return

@@ -38,7 +38,7 @@ from fitdock.environments.dockerfile import (
 )
 from fitdock.environments.spec import Environment
 from fitdock.errors import ImageBuildError, NotAvailableError
-from fitdock.shared import fitdock_home
+from fitdock.shared import fitdock_home, pause_at
 
 REPOSITORY = "fitdock-env"
 KEY_LABEL = "fitdock.build_key"
@@ -230,6 +230,7 @@ def _build(client: Any, build: DockerBuild, tag: str, log: Path, progress: bool)
             )
             for event in events:
                 watch.feed(event)
+                pause_at("image")  # a test hook (fitdock.shared.pause_at); inert otherwise
         except docker.errors.DockerException as exc:
             watch.error = watch.error or str(exc)
         if not watch.error:

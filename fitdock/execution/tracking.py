@@ -129,6 +129,11 @@ class Mirror(Session):
         """Send what is left (the run has ended); wait at most ``timeout`` seconds
         (``FLUSH_SECONDS``)."""
         timeout = session.FLUSH_SECONDS if timeout is None else timeout
+        if self.thread is not None and self.thread.native_id is not None:
+            # The ranks are gone: nothing left to yield to (raising a priority needs
+            # CAP_SYS_NICE; without it the thread stays niced)
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, self.thread.native_id, 0)
         self.ending.set()
         self.wake.set()
         if self.thread is not None:

@@ -2,8 +2,8 @@
 
 A child Python runs ``Estimator.fit()`` (or ``Pipeline.submit``) and is killed at one
 phase: where fitdock's test hook (``fitdock.shared.pause_at``, ``FITDOCK_TEST_PAUSE_AT``)
-holds it and writes a marker (validation, snapshot, environment build, record write,
-launch; a pipeline's scheduling, between steps, a reused step), or where the job's own
+holds it and writes a marker (validation, snapshot, environment build, image build, record
+write, launch; a pipeline's scheduling, between steps, a reused step), or where the job's own
 marker says it runs, or stops. After each kill: no process of the job (any process whose
 working folder lies under ``$FITDOCK_HOME``) outlives the kill by 5 s, ``fitdock runs
 list`` and ``fitdock pipeline list`` work and show no live-looking run, a run that had a
@@ -11,13 +11,13 @@ record reads Failed (lost supervisor), no cache entry (environment, step reuse) 
 complete when it is not, ``runs gc`` and ``env prune --leftovers`` remove what the kill
 left and nothing else, and the next fit (or the pipeline submitted again) completes.
 
-Image builds are not killed here: the client only waits on dockerd, which tags an image
-when its build completes, so a killed client leaves no image that looks complete; a
-Docker test would add a minute for that one line.
+An image build is killed too (docker): the client only waits on dockerd, which tags an
+image when its build completes, so a killed client leaves no image that looks complete.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -287,6 +287,67 @@ def test_killed_while_building_its_environment(
     assert complete[0].name in cli(fitdock_home, "env", "list", "--cached")
     cli(fitdock_home, "runs", "gc")
     assert listed(fitdock_home) == {run_id: "Failed", finished: "Completed"}
+
+
+FIT_IN_DOCKER = """\
+import sys
+from fitdock import Estimator
+source, base, tag = sys.argv[1:4]
+Estimator(source, entry_script="train.py", use_docker=True, custom_docker_image=base,
+          pip_packages=["numpy<2"], termination_grace_seconds=5,
+          environment_variables={"MARKERS": "/tmp", "HOLD": "0", "FITDOCK_KILL_TEST": tag}).fit()
+"""
+DOCKER_PACKAGES = ["numpy<2", "mpi4py", "mpich"]  # test_docker_runs.py's image, shared
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_killed_while_building_its_image(source: Path, fitdock_home: Path, tmp_path: Path) -> None:
+    """An image build on top of the shared test image (pip has nothing to install: seconds),
+    the submitter killed mid-build: the engine tags an image only when its build ends, so no
+    image looks complete that is not; the run reads Failed and the next fit builds or reuses
+    a complete image and runs in it."""
+    import uuid
+
+    import docker
+
+    from fitdock.environments.image import KEY_LABEL, ensure_image
+
+    base_src = write_script(tmp_path / "base-src", "print('unused')\n")
+    base_env = Estimator(
+        base_src, entry_script="train.py", pip_packages=DOCKER_PACKAGES, use_docker=True
+    ).environment
+    base = ensure_image(base_env, base_image="local/debian:bookworm", progress=False)
+    markers, unique = tmp_path / "markers", uuid.uuid4().hex
+    args = [str(source), base.tag, unique]  # the job marks in the container's /tmp
+    child = start_child(FIT_IN_DOCKER, args, fitdock_home, "image")
+    await_file(tmp_path / "image", child, timeout=300)
+    assert_nothing_survives(fitdock_home, kill(child), markers)
+    ((run_id, status),) = listed(fitdock_home).items()
+    assert status == "Failed"
+    record = json.loads((fitdock_home / "runs" / run_id / RECORD).read_text())
+    assert record["error"]["reason"] == "lost_supervisor"
+    env = Estimator(
+        source, entry_script="train.py", use_docker=True, custom_docker_image=base.tag,
+        pip_packages=["numpy<2"],
+        environment_variables={"MARKERS": "/tmp", "HOLD": "0", "FITDOCK_KILL_TEST": unique},
+    )  # fmt: skip
+    client = docker.from_env()
+    tag = f"fitdock-env:{env.environment.hash()[:16]}"
+    try:
+        try:  # the build may have ended in the engine meanwhile: then it is whole
+            labels = client.api.inspect_image(tag)["Config"]["Labels"] or {}
+            assert KEY_LABEL in labels, f"{tag} exists without its build key"
+        except docker.errors.ImageNotFound:
+            pass
+        run = env.fit()
+        assert run.status is RunStatus.COMPLETED, run.error
+        assert (run.log_dir / "rank_0.stdout.log").read_text() == "done\n"
+    finally:
+        with contextlib.suppress(docker.errors.DockerException):
+            client.images.remove(tag, force=True)
+        client.close()
 
 
 # ---------------------------------------------------------------------------------------------
