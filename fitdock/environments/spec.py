@@ -97,6 +97,23 @@ def check_image(value: object) -> str:
     return value
 
 
+def check_variables(value: Any) -> Any:
+    """Variables for a process (an environment's, a job's, a step's): names a shell could
+    export, values as text without NUL (no process can receive one). Not a dict: left to
+    the field's type to refuse."""
+    if not isinstance(value, dict):
+        return value
+    for key, val in value.items():
+        if not isinstance(key, str) or not _VAR_NAME.fullmatch(key):
+            raise ValueError(
+                f"{key!r} is not a valid environment variable name (letters, digits, _; "
+                "no digit first)"
+            )
+        if "\0" in str(val):
+            raise ValueError(f"the value of {key} holds a NUL byte, which no process can receive")
+    return {key: str(val) for key, val in value.items()}
+
+
 def check_word(value: object, what: str) -> str:
     """One word for a program (a channel, an index URL): no white space, not an option."""
     if not isinstance(value, str) or not _ONE_WORD.fullmatch(value):
@@ -285,14 +302,7 @@ class Environment(BaseModel):
     @field_validator("environment_variables", mode="before")
     @classmethod
     def _vars_ok(cls, value: Any) -> Any:
-        if isinstance(value, dict):
-            for key, val in value.items():
-                if not isinstance(key, str) or not _VAR_NAME.fullmatch(key):
-                    raise ValueError(f"{key!r} is not a valid environment variable name")
-                if "\0" in str(val):
-                    raise ValueError(f"the value of {key} holds a NUL byte, which no process gets")
-            return {key: str(val) for key, val in value.items()}
-        return value
+        return check_variables(value)
 
     def canonical(self) -> dict[str, Any]:
         """The contents that define the environment, normalized and ordered."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from fitdock.environments.spec import (
     check_conda_spec,
     check_image,
     check_pip_spec,
+    check_variables,
 )
 from fitdock.errors import SpecError
 from fitdock.runs.names import MAX_NAME, is_folder_name, is_word
@@ -27,8 +27,6 @@ from fitdock.specs.distribution import (
     PyTorchConfiguration,
 )
 from fitdock.specs.job import Tracking
-
-_VARIABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 # Deprecated Azure names -> their replacements.
 DEPRECATED = {
@@ -145,19 +143,6 @@ class EstimatorArgs(BaseModel):
     @classmethod
     def _vars_text(cls, value: Any) -> Any:
         return check_variables(value)
-
-
-def check_variables(value: Any) -> Any:
-    """Variables for a job: names that a shell could export, values as text without NUL
-    (no process can receive one). Not a dict: left to the field's type to refuse."""
-    if not isinstance(value, dict):
-        return value
-    for key, val in value.items():
-        if not isinstance(key, str) or not _VARIABLE.fullmatch(key):
-            raise ValueError(f"{key!r} is not a variable name (letters, digits, _; no digit first)")
-        if "\0" in str(val):
-            raise ValueError(f"the value of {key} holds a NUL byte, which no process can receive")
-    return {key: str(val) for key, val in value.items()}
 
 
 def validate_args(owner: str, raw: dict[str, Any]) -> EstimatorArgs:

@@ -21,9 +21,9 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
-from fitdock.environments.spec import Environment
+from fitdock.environments.spec import Environment, check_variables
 from fitdock.errors import SpecError
-from fitdock.estimators.args import check_variables, spec_error
+from fitdock.estimators.args import spec_error
 from fitdock.estimators.base import Estimator
 from fitdock.pipelines.data import InputData, PipelineData, PipelineParameter
 from fitdock.pipelines.delayed import DelayedReturn, references
