@@ -133,7 +133,7 @@ class Run:
     def get_portal_url(self) -> str:
         """Where the run can be seen: its MLflow page when it was mirrored to an MLflow
         server (http/https), else its folder as a ``file://`` URL."""
-        tracking = logbook.read_record(self._dir.path).get("tracking") or {}
+        tracking = self._tracking()
         uri, experiment, mlflow_run = (tracking.get(k) for k in ("uri", "experiment_id", "run_id"))
         if str(uri).startswith(("http://", "https://")) and experiment and mlflow_run:
             return f"{str(uri).rstrip('/')}/#/experiments/{experiment}/runs/{mlflow_run}"
@@ -155,12 +155,16 @@ class Run:
         ids = [self.id, *(o if isinstance(o, str) else o.id for o in others)]
         return plot_runs(ids, metrics, out, terminal=terminal, home=self._dir.path.parent.parent)
 
+    def _tracking(self) -> dict[str, Any]:
+        """Where the run was mirrored (the record's ``tracking``; empty when it was not)."""
+        return logbook.read_record(self._dir.path).get("tracking") or {}
+
     def _register_in_mlflow(
         self, name: str, path: str, tags: dict[str, Any] | None, description: str | None
     ) -> dict[str, str] | None:
         """The model's version in MLflow's registry when the run was mirrored there (a
         failure there is a warning: the local registry still gets the version)."""
-        tracking = logbook.read_record(self._dir.path).get("tracking") or {}
+        tracking = self._tracking()
         if not tracking.get("run_id") or tracking.get("uri") is None:
             return None
         from fitdock.execution.tracking_session import GiveUp, Refused, register_version
@@ -307,11 +311,11 @@ class Run:
             raise FileNotFoundError(
                 f"run {self.id} has no file or folder {model_path!r}; see get_file_names()"
             )
-        extra: dict[str, Any] = {
+        extra = {
             "framework": model_framework,
             "framework_version": model_framework_version,
+            "mlflow": self._register_in_mlflow(model_name, model_path, tags, description),
         }
-        extra["mlflow"] = self._register_in_mlflow(model_name, model_path, tags, description)
         return register(
             model_name, source, run_id=self.id, tags=tags, properties=properties,
             description=description, extra=extra, home=self._dir.path.parent.parent,
