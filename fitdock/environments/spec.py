@@ -107,7 +107,7 @@ def check_variables(value: Any) -> Any:
         if not isinstance(key, str) or not _VAR_NAME.fullmatch(key):
             raise ValueError(
                 f"{key!r} is not a valid environment variable name (letters, digits, _; "
-                "no digit first)"
+                "no digit first): not a variable name a shell can export"
             )
         if "\0" in str(val):
             raise ValueError(f"the value of {key} holds a NUL byte, which no process can receive")
