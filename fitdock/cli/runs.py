@@ -33,8 +33,10 @@ and its best: the lowest (min) for a name containing loss, error or rmse, else t
 GC_HELP = """Remove what killed submissions and dead supervisors left, and nothing else: run
 folders that never got a record (a submission killed while it snapshotted), half-written
 record files, the lock of a run whose supervisor died (marked Failed first), and the
-space reserve of a run that ended. Runs with a live supervisor are not touched; finished
-runs keep everything they wrote."""
+space reserve of a run that ended. A shared snapshot still mounted after its supervisor
+died is unmounted and flattened into a plain folder, and the snapshot store
+($FITDOCK_HOME/cache/snapshots) loses the trees that no run uses. Runs with a live
+supervisor are not touched; finished runs keep everything they wrote."""
 
 
 def add(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -277,15 +279,22 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
 
 
 def cmd_gc(ns: argparse.Namespace) -> int:
+    from fitdock.runs import shared_snapshot
     from fitdock.runs.store import runs_root
 
     root = runs_root()
+    for snapshot in shared_snapshot.release_orphans(root, dry_run=ns.dry_run):
+        print(f"{'would unmount' if ns.dry_run else 'unmounted'} {snapshot}")
     found = [] if not root.is_dir() else _garbage(sorted(root.iterdir()))
     for path in found:
         print(f"{'would remove' if ns.dry_run else 'removed'} {path}")
         if not ns.dry_run:
             _remove(path)
-    print(f"{len(found)} {'to remove' if ns.dry_run else 'removed'}")
+    trees = shared_snapshot.collect(root, dry_run=ns.dry_run)
+    for path in trees:
+        print(f"{'would remove' if ns.dry_run else 'removed'} {path}")
+    count = len(found) + len(trees)
+    print(f"{count} {'to remove' if ns.dry_run else 'removed'}")
     return 0
 
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from fitdock.execution.supervisor import Supervisor
+from fitdock.execution.supervisor import Supervisor, release_snapshot
 from fitdock.process import detach
 from fitdock.runs.record import ErrorReason, RunError, SupervisorInfo
 from fitdock.runs.status import RunStatus
@@ -131,6 +131,7 @@ def _stdin_from_devnull() -> None:
 
 def _fail(run: RunDir, exc: BaseException) -> None:
     """The supervisor could not start: say so in the record (the lock is still ours)."""
+    release_snapshot(run)
     with run.edit() as record:
         if not record.status.is_terminal:
             record.status = RunStatus.FAILED

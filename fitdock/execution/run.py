@@ -366,5 +366,10 @@ def _snapshot_text(source: dict[str, Any]) -> str:
     files, size = source.get("files"), source.get("bytes")
     if files is None or size is None:
         return "-"
-    commit = source.get("git_commit")
-    return f"{files} files, {human_size(size)}" + (f", git {commit[:12]}" if commit else "")
+    commit, shared, refused = (source.get(k) for k in ("git_commit", "shared", "share_error"))
+    text = f"{files} files, {human_size(size)}" + (f", git {commit[:12]}" if commit else "")
+    if shared:
+        text += f", shared (store {shared[:12]})"
+    elif refused:
+        text += f", copied (not shared: {refused})"
+    return text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -19,8 +20,9 @@ from fitdock.execution.supervisor import Supervisor
 from fitdock.jobside.common import copy_read_only, remove_tree
 from fitdock.process import capture
 from fitdock.runs.layout import CHECKPOINTS, DATA, MODEL, RECORD
-from fitdock.runs.record import ResumeInfo, RunRecord, SourceInfo, SupervisorInfo
-from fitdock.runs.snapshot import snapshot
+from fitdock.runs.record import Placement, ResumeInfo, RunRecord, SourceInfo, SupervisorInfo
+from fitdock.runs.shared_snapshot import place_snapshot, unmount_run
+from fitdock.runs.snapshot import SnapshotSummary
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir, new_run_id, runs_root
 from fitdock.runs.workdir import link_run_folders, make_run_folder
@@ -93,8 +95,12 @@ def submit(
     lock.acquire()
     try:
         _say(line, Phase.SNAPSHOT, str(spec.source_directory))
-        summary = snapshot(
-            spec.source_directory, run.snapshot, spec.snapshot.max_size_mb, spec.snapshot.max_files
+        summary = place_snapshot(
+            spec.source_directory,
+            run,
+            spec.snapshot.max_size_mb,
+            spec.snapshot.max_files,
+            local_mounts=target.ranks_see_local_mounts,
         )
         for folder in (
             run.logs,
@@ -121,8 +127,7 @@ def submit(
         pause_at("record")
         run.write(record)
     except BaseException:
-        lock.release()
-        remove_tree(run.path)
+        _discard(run, lock)
         raise
     finally:
         if line is not None:
@@ -131,8 +136,7 @@ def submit(
         try:
             detached.start(run, detached.Handoff(spec, target, plan, resume_dir), lock)
         except BaseException:
-            lock.release()
-            remove_tree(run.path)
+            _discard(run, lock)
             raise
         handle = Run(run.id)
     else:
@@ -147,6 +151,15 @@ def submit(
     if wait:
         handle.wait_for_completion(show_output=show_output, raise_on_error=False)
     return handle
+
+
+def _discard(run: RunDir, lock: PassedLock) -> None:
+    """Remove a run that could not start: its overlay first (a removal through the mount
+    would only whiteout the files, and leave the mount)."""
+    with contextlib.suppress(OSError):
+        unmount_run(run)
+    lock.release()
+    remove_tree(run.path)
 
 
 def _say(line: StatusLine | None, phase: Phase, detail: str) -> None:
@@ -180,11 +193,20 @@ def _initial_record(  # type: ignore[no-untyped-def]
             files=summary.files,
             bytes=summary.bytes,
             shipped={f.name: {"files": f.files, "bytes": f.bytes} for f in shipped},
+            placement=_placement(summary),
+            shared=summary.shared,
+            share_error=summary.share_error,
         ),
         resume=resume,
         checkpoint_dir=str(run.checkpoints),
         supervisor=SupervisorInfo(pid=os.getpid(), host=socket.gethostname()),
     )
+
+
+def _placement(summary: SnapshotSummary) -> Placement:
+    if summary.shared:
+        return Placement.SHARED
+    return Placement.CLONE if summary.cloned else Placement.COPY
 
 
 def _git_commit(source: Path) -> str | None:

@@ -14,10 +14,13 @@ themselves ends when every rank has written its exit record: a launcher still te
 down (``mpirun`` can take a second, ``torchrun`` about one) is waited for and reaped by a
 thread of its own (``_reap_later``), not by ``fit()``. With MLflow tracking on, a mirror
 thread (``tracking``) sends the run to MLflow as it goes; the end waits for it, bounded.
+A shared snapshot's overlay is unmounted and flattened before the record turns terminal
+(``release_snapshot``); restarts keep it mounted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -37,6 +40,7 @@ from fitdock.jobside.common import (
     decide,
     read_rank_exits,
 )
+from fitdock.runs import shared_snapshot
 from fitdock.runs.record import AttemptRecord, ErrorReason, RunError, RunRecord
 from fitdock.runs.status import RunStatus
 from fitdock.runs.store import RunDir, SupervisorLock
@@ -101,6 +105,7 @@ class Supervisor:
 
     def fail(self, reason: ErrorReason, message: str, **details: Any) -> None:
         """End the run Failed, before or outside any attempt."""
+        release_snapshot(self.run_dir)
         with self.run_dir.edit() as record:
             record.environment_build = record.environment_build or self.environment_build
             record.status = RunStatus.FAILED
@@ -159,6 +164,8 @@ class Supervisor:
                 )
             )
             decision = decide(result.outcome, number, self.spec.max_restarts)
+            if decision is Decision.STOP:
+                release_snapshot(self.run_dir)
             with self.run_dir.edit() as record:
                 if record.environment_build is None:  # the attempt failed before it started
                     self.record_start(record)
@@ -302,6 +309,14 @@ class Supervisor:
             except OSError:
                 continue
         return newest
+
+
+def release_snapshot(run: RunDir) -> None:
+    """Unmount and flatten a shared snapshot before the record turns terminal, so that a
+    reader who sees the end sees the final snapshot. What fails here (the mount stays) is
+    left to ``fitdock runs gc``, which releases the overlays of runs that ended."""
+    with contextlib.suppress(OSError):
+        shared_snapshot.release(run)
 
 
 def _all_reported(exits: dict[int, dict[str, Any]], plan: LaunchPlan) -> bool:

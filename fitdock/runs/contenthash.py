@@ -76,7 +76,13 @@ def hash_tree(root: Path, *, ignore_files: bool = True) -> TreeHash:
     if not stat.S_ISDIR(st.st_mode):
         sha = _hashes(top, [("", st)], tree=False)[0]
         return TreeHash(sha, {"": sha})
-    found = scan(top, ignore_files=ignore_files)
+    return hash_found(top, scan(top, ignore_files=ignore_files))
+
+
+def hash_found(root: Path | str, found: Found) -> TreeHash:
+    """The hash of the files ``scan`` found below the folder ``root``: for a caller that
+    has scanned it already (a snapshot checks its limits on the same listing)."""
+    top = os.path.abspath(root)
     files = dict(
         sorted(zip((rel for rel, _ in found), _hashes(top, found, tree=True), strict=True))
     )

@@ -2,7 +2,12 @@
 
     run.json          the record (runs/record.py), written atomically
     snapshot/         the source directory as submitted: the job's working directory, where
-                      outputs -> ../outputs and logs -> ../logs link to the run's own
+                      outputs -> ../outputs and logs -> ../logs link to the run's own. A
+                      shared snapshot (runs/shared_snapshot.py) is an overlay mount here
+                      while the run lives, and after it a plain folder: what the run
+                      changed, and links into the store tree for the rest
+    .snapshot/        a shared snapshot's overlay layers while the run lives: upper/ (what
+                      the job wrote) and work/ (the overlay's own); gone once flattened
     logs/             rank_<r>.stdout.log, .stderr.log, .exit.json (the rank wrapper's),
                       rank_<r>.world.json (the world-size guard's), launcher.log,
                       env-build.log / image-build.log, attempt-<n>/ (earlier attempts)
@@ -32,8 +37,10 @@ those the script writes through ``Run.get_context()`` from ``runs/logbook.py`` (
 rank imports, so it imports nothing of fitdock; ``SCRIPT_FILES`` lists them).
 
 Beside the runs, ``$FITDOCK_HOME/cache/hashes.sqlite`` is the stat cache of content hashes
-(``runs/contenthash.py``), and ``$FITDOCK_HOME/models/<name>/<version>/`` a registered model:
-``model.json`` and its files under ``files/`` (``runs/models.py``).
+(``runs/contenthash.py``), ``$FITDOCK_HOME/cache/snapshots/<key>/`` the shared snapshot
+store (``tree/``, one copy per source content, and ``manifest.json``, its files' stats
+when it was made; ``<key>.lock`` beside it), and ``$FITDOCK_HOME/models/<name>/<version>/``
+a registered model: ``model.json`` and its files under ``files/`` (``runs/models.py``).
 """
 
 from __future__ import annotations
@@ -79,6 +86,11 @@ RANK_STDERR = "rank_{rank}.stderr.log"
 WORKDIR_LINKS = (OUTPUTS, LOGS)  # snapshot/<name> -> ../<name>
 CACHE = "cache"  # $FITDOCK_HOME/cache/
 HASHES = "hashes.sqlite"  # $FITDOCK_HOME/cache/hashes.sqlite: content hashes by stat
+SNAPSHOT_LAYERS = ".snapshot"  # <run>/.snapshot/: a shared snapshot's overlay layers
+UPPER, WORK = "upper", "work"  # <run>/.snapshot/upper, .../work
+SNAPSHOTS = "snapshots"  # $FITDOCK_HOME/cache/snapshots/<key>/: the shared snapshot store
+STORE_TREE = "tree"  # .../<key>/tree/: the files, read-only by convention
+STORE_MANIFEST = "manifest.json"  # .../<key>/manifest.json: their stats when made
 MODELS = "models"  # $FITDOCK_HOME/models/<name>/<version>/: the model registry
 MODEL_RECORD = "model.json"  # .../<version>/model.json: version, run, tags, properties, time
 MODEL_FILES = "files"  # .../<version>/files/: the model's files
@@ -115,10 +127,16 @@ __all__ = [
     "SCRIPT_FILES",
     "SLURM",
     "SNAPSHOT",
+    "SNAPSHOTS",
+    "SNAPSHOT_LAYERS",
     "STATUS_LOG",
+    "STORE_MANIFEST",
+    "STORE_TREE",
     "TABLES",
     "TAGS",
     "UPLOADS",
+    "UPPER",
+    "WORK",
     "WORKDIR_LINKS",
     "RunPaths",
 ]
@@ -132,6 +150,8 @@ class RunPaths:
         self.id = path.name
 
     snapshot = property(lambda self: self.path / SNAPSHOT)
+    snapshot_upper = property(lambda self: self.path / SNAPSHOT_LAYERS / UPPER)
+    snapshot_work = property(lambda self: self.path / SNAPSHOT_LAYERS / WORK)
     logs = property(lambda self: self.path / LOGS)
     outputs = property(lambda self: self.path / OUTPUTS)
     checkpoints = property(lambda self: self.path / CHECKPOINTS)

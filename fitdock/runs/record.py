@@ -7,7 +7,8 @@ shape as JSON (``Run.record``). Records written by earlier versions load: fields
 since have defaults, and error reasons of old spellings map to today's (``RunError``).
 
     RunRecord
-    ├── source: SourceInfo           the snapshot: folder, git commit, files, bytes
+    ├── source: SourceInfo           the snapshot: folder, git commit, files, bytes, how
+    │                                placed (Placement), the store key when shared
     ├── resume: ResumeInfo | None    the checkpoint this run started from
     ├── ranks: {rank: RankExit}      how each rank of the last attempt ended
     ├── attempts: [AttemptRecord]    one per attempt (restarts, Slurm requeues)
@@ -150,6 +151,14 @@ class AttemptRecord(BaseModel):
     error: RunError | None = None
 
 
+class Placement(str, enum.Enum):
+    """How a snapshot's files were placed (``runs/snapshot.py``, ``runs/shared_snapshot.py``)."""
+
+    COPY = "copy"  # copied
+    CLONE = "clone"  # reflinked: copy-on-write clones of the source's blocks
+    SHARED = "shared"  # an overlay on the store's tree of that content, flattened at the end
+
+
 class SourceInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -158,6 +167,22 @@ class SourceInfo(BaseModel):
     files: int | None = None
     bytes: int | None = None
     shipped: dict[str, dict[str, int]] = Field(default_factory=dict)
+    placement: Placement | None = None  # None: written before fitdock said
+    shared: str | None = None  # the store key (cache/snapshots/<key>) of a shared snapshot
+    share_error: str | None = None  # why a snapshot meant to be shared was copied instead
+
+    @model_serializer(mode="wrap")
+    def _without_unset_placement(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """The placement fields only where they say something: a record of an earlier
+        version keeps the ``source`` it held."""
+        return {
+            key: value
+            for key, value in handler(self).items()
+            if value is not None or key not in _PLACEMENT_FIELDS
+        }
+
+
+_PLACEMENT_FIELDS = frozenset({"placement", "shared", "share_error"})
 
 
 class ResumeInfo(BaseModel):

@@ -15,20 +15,26 @@ too) may reach the source, another run's snapshot or anything fitdock keeps. Tha
 out hard links to shared files: a link shares the inode, so a write through one name is
 a write through every name, and root ignores the read-only bits that would stop it.
 
+* **Shared** (``runs/shared_snapshot.py``) where a mount is possible and pays: a
+  privileged process, a target whose ranks see this machine's mounts (local), a tree of
+  ``MIN_FILES`` files or ``MIN_BYTES`` and more. The files are placed once per content, by
+  this module, into ``$FITDOCK_HOME/cache/snapshots/<key>/tree``; each run's snapshot is an
+  overlay mount on that tree, whose writes go to a layer of the run's own (the store is
+  never written through the mount, as root included), flattened into a plain folder when
+  the run ends. On ext4 the second fit of an unchanged 10k-file, 200 MB tree costs 0.2 s
+  (keying through the stat cache, checking the stored tree, one mount) instead of a 2.7 s
+  copy. Everywhere else (docker, hosts, slurm; a refused mount; a small tree) the files are
+  placed into the run itself, as follows.
 * **Reflinks** (``FICLONE``) where the filesystem has them: btrfs, XFS made with
   ``reflink=1`` (the default since xfsprogs 5.1), bcachefs, and others. A clone shares the
   source's blocks copy-on-write: no data is copied, so a snapshot costs file creation
   alone, whatever the bytes (10k files, 200 MB on XFS: 0.18 s, first time and every time);
-  a write to the clone gets blocks of its own and never reaches the source. Files are
-  cloned straight from the source, so no content store is needed: one would only pay where
-  the run folder's filesystem clones but the source lies on another, and it would grow
-  without bound.
+  a write to the clone gets blocks of its own and never reaches the source.
 * **A copy** everywhere else (ext4, tmpfs, a source on another filesystem than the run
   folder): ``os.copy_file_range``, which copies inside the kernel (and lets NFS copy on the
   server), from the one ``stat`` the walk made; read/write where it is refused. It runs
   at the speed of ``cp -r`` (10k files, 200 MB on tmpfs: 0.17 s against 0.14 s; on a disk
-  both wait on the disk), the second time as the first: without copy-on-write no safe way
-  to share bytes between runs exists, so a store would save nothing.
+  both wait on the disk), the second time as the first.
 
 Each file keeps its mode and times (like ``shutil.copy2``, without extended attributes).
 Symbolic links to files are copied as files; links to folders and special files are left
@@ -69,9 +75,12 @@ class SnapshotSummary:
     files: int
     bytes: int
     cloned: int = 0  # files placed by reflink (no bytes copied)
+    shared: str | None = None  # the store key, when an overlay on a shared tree holds them
+    share_error: str | None = None  # why sharing was tried but a copy made instead
 
     def __str__(self) -> str:
-        return f"{self.files} files, {human_size(self.bytes)}"
+        shared = " (shared)" if self.shared else ""
+        return f"{self.files} files, {human_size(self.bytes)}{shared}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +168,12 @@ def snapshot(source: Path, target: Path, max_size_mb: float, max_files: int) -> 
     """Copy ``source`` into ``target`` (which must not exist), checking the limits first;
     by reflink where the filesystem can, else by copy."""
     files = scan(source)
+    check_limits(source, files, max_size_mb, max_files)
+    return place(source, target, files)
+
+
+def check_limits(source: Path, files: Found, max_size_mb: float, max_files: int) -> None:
+    """``SnapshotError`` when the files found are too many or too large, naming the limit."""
     total = sum(st.st_size for _, st in files)
     if len(files) > max_files:
         raise SnapshotError(
@@ -172,6 +187,11 @@ def snapshot(source: Path, target: Path, max_size_mb: float, max_files: int) -> 
             f"{max_size_mb:g} MB: list large files in a .fitdockignore (or .gitignore), pass data "
             "as inputs, or raise max_snapshot_size_mb"
         )
+
+
+def place(source: Path, target: Path, files: Found) -> SnapshotSummary:
+    """Copy (or clone) the files ``scan`` found below ``source`` into ``target``, which
+    must not exist."""
     top, into = os.fspath(source) + "/", os.fspath(target) + "/"
     placer = _Placer()
     try:
@@ -188,6 +208,7 @@ def snapshot(source: Path, target: Path, max_size_mb: float, max_files: int) -> 
         ) from exc
     except OSError as exc:
         raise storage_error(exc, exc.filename or target) from exc
+    total = sum(st.st_size for _, st in files)
     return SnapshotSummary(files=len(files), bytes=total, cloned=placer.cloned)
 
 

@@ -17,7 +17,6 @@ home cannot be written (a read-only file system, a full disk).
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,5 +100,5 @@ def _move_files(source: Path, target: Path, name: str) -> ShippedFolder:
         dest = target / path.relative_to(source)
         dest.parent.mkdir(parents=True, exist_ok=True)
         size += path.stat().st_size
-        os.replace(path, dest)
+        shutil.move(path, dest)  # a rename; a copy out of a shared snapshot's overlay
     return ShippedFolder(name=name, files=len(files), bytes=size)

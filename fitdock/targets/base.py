@@ -68,6 +68,9 @@ class JobDescription:
 class Target(abc.ABC):
     name: ClassVar[str]
     schedules_attempts: ClassVar[bool] = False  # True: a scheduler runs the attempts
+    # True: the ranks see the run folder through this process's mounts (same machine, same
+    # mount namespace), so a snapshot may be an overlay mounted here (runs/shared_snapshot.py)
+    ranks_see_local_mounts: ClassVar[bool] = False
 
     @abc.abstractmethod
     def check(self, spec: JobSpec) -> None:

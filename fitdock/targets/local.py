@@ -88,6 +88,7 @@ class LocalTarget(Target):
     """Ranks on this machine, with the job's interpreter (user-managed or a virtualenv)."""
 
     name = "local"
+    ranks_see_local_mounts = True
 
     def check(self, spec: JobSpec) -> None:
         """Refuse what the local target cannot run, before anything is created."""
