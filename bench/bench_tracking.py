@@ -7,8 +7,9 @@ A job logs ``--values`` values (default 20,000) of one metric in a tight loop,
 the wall-clock time of its end to ``outputs/loop.json``. The same ``Estimator``
 (``user_managed=True``) is fitted ``--repeat`` times (default 7, after one warm-up of each
 side) with mirroring off (no ``MLFLOW_TRACKING_URI``) and on (``MLFLOW_TRACKING_URI`` =
-an ``mlflow server`` that the bench starts: sqlite store, loopback, one worker), the two
-sides alternating which goes first.
+an ``mlflow server`` that the bench starts: sqlite store, loopback, ``--workers`` worker
+processes, 4 by default as ``mlflow server``'s own default), the two sides alternating
+which goes first.
 
     bench (s) loop throughput: ... on/off = 0.99x (target >= 0.95x) OK
       the loop's values per second with mirroring on over off: the median of each round's
@@ -71,14 +72,14 @@ with open("outputs/loop.json", "w") as handle:
 
 
 @contextlib.contextmanager
-def mlflow_server(folder: Path) -> Iterator[str]:
+def mlflow_server(folder: Path, workers: int) -> Iterator[str]:
     """``mlflow server`` on a free loopback port, in a session of its own; its URI."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     argv = [
         sys.executable, "-m", "mlflow", "server",
-        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+        "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
         "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
         "--default-artifact-root", str(folder / "artifacts"),
     ]  # fmt: skip
@@ -188,7 +189,7 @@ def line_s(report: Report, scratch: Path, args: argparse.Namespace) -> None:
     )  # fmt: skip
     server_dir = scratch / "mlflow"
     server_dir.mkdir()
-    with mlflow_server(server_dir) as uri:
+    with mlflow_server(server_dir, args.workers) as uri:
         client = MlflowClient(uri)
         os.environ.update(MLFLOW_DISABLE_TELEMETRY="true")
         rounds: dict[bool, list[dict[str, float]]] = {False: [], True: []}
@@ -224,7 +225,8 @@ def line_s(report: Report, scratch: Path, args: argparse.Namespace) -> None:
     verdict = report.verdict("s_visible", visible, TARGET_VISIBLE_S)
     report.emit(
         f"bench (s) end to all visible: {visible:.2f} s after the loop's end, "
-        f"{args.values:,} values (MLflow's own log_batch of them: {floor:.2f} s) "
+        f"{args.values:,} values (MLflow's own log_batch of them: {floor:.2f} s; "
+        f"server workers: {args.workers}) "
         f"(target <= {TARGET_VISIBLE_S:g} s) {verdict}"
     )
     paced_visible = statistics.median(r["visible_s"] for r in paced_rounds)
@@ -238,6 +240,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--values", type=int, default=20_000, help="log() calls (20,000)")
     parser.add_argument("--repeat", type=int, default=7, help="measured rounds (7)")
+    parser.add_argument(
+        "--workers", type=int, default=4, help="mlflow server worker processes (4, its default)"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="where the scratch folder goes")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
     return parser.parse_args(argv)

@@ -30,6 +30,7 @@ from fitdock.errors import SpecError
 from fitdock.execution import tracking, tracking_session
 from fitdock.execution.tracking_data import MetricReader, metric_key, script_params, table_json
 from fitdock.runs.record import MirrorPart, TrackingInfo
+from fitdock.runs.store import RunDir
 
 if importlib.util.find_spec("mlflow") is None:  # the CI guard (conftest.py) fails this skip
     pytest.skip("mlflow is not installed: pip install 'fitdock[mlflow]'", allow_module_level=True)
@@ -310,6 +311,35 @@ def test_a_run_is_mirrored_with_metrics_params_tags_and_artifacts(
     assert json.loads(table.read_text()) == {
         "columns": ["precision", "recall"], "data": [[0.9, 0.1], [0.8, 0.2]],
     }  # fmt: skip
+
+
+BACKLOG = """\
+from fitdock import Run
+run = Run.get_context()
+for i in range(4500):
+    run.log("loss", float(i), step=i)
+    run.log("lr", 0.5, step=i)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_backlog_at_the_end_goes_in_side_by_side_and_each_value_once(
+    tracked: Any, tmp_path: Path
+) -> None:
+    """9,000 values logged faster than the server takes them: most are left at the run's
+    end and go in over several requests at once (lanes); each arrives once, none is lost,
+    and the record counts them all with the offset at the file's end."""
+    src = write_script(tmp_path / "src", BACKLOG)
+    run = Estimator(src, entry_script="train.py", user_managed=True).fit()
+    assert run.status is RunStatus.COMPLETED, run.error
+    info = run.record["tracking"]
+    assert info["missing"] == [] and info["error"] is None, info
+    assert (info["metrics_logged"], info["metrics_mirrored"]) == (9000, 9000)
+    assert info["metrics_offset"] == RunDir(run.snapshot_dir.parent).metrics.stat().st_size
+    found = mlflow_run(tracked, run.id)
+    assert history(tracked, found.info.run_id, "loss") == [(i, float(i)) for i in range(4500)]
+    assert history(tracked, found.info.run_id, "lr") == [(i, 0.5) for i in range(4500)]
+    assert found.data.metrics["loss"] == 4499.0  # the latest is the last step, whatever order
 
 
 @pytest.mark.timeout(180)

@@ -50,6 +50,7 @@ from fitdock.execution.tracking_data import (
     run_tags,
     table_json,
 )
+from fitdock.execution.tracking_lanes import Drain
 from fitdock.execution.tracking_session import GiveUp, ParentRun, Session, mlflow_status
 from fitdock.runs import logbook
 from fitdock.runs.layout import OUTPUTS
@@ -61,6 +62,7 @@ from fitdock.specs.job import JobSpec
 
 POLL_SECONDS = 0.2  # how often a quiet metrics file is looked at
 NICE = 19  # the mirror thread's niceness (Linux: per thread): it never takes a rank's CPU
+LANES = 4  # requests at once when the run's end finds values left for a server
 
 
 def tracking_uri(
@@ -168,8 +170,7 @@ class Mirror(Session):
                 if not self.send_batch():
                     self.wake.wait(POLL_SECONDS)
                     self.wake.clear()
-            while self.send_batch():
-                pass
+            self.drain()
             self.done(MirrorPart.METRICS)
             self.step(MirrorPart.TAGS, self.log_tags)  # and those the script set meanwhile
             self.step(MirrorPart.ARTIFACTS, self.log_artifacts)
@@ -209,6 +210,26 @@ class Mirror(Session):
             self.offset = self.reader.offset
             self.pending = []
         return True
+
+    def drain(self) -> None:
+        """After the run's end, the values left: over ``LANES`` requests at once to an
+        http(s) server (its workers take them side by side: the backlog of a loop that
+        logged faster than the server ingests goes in about twice as fast), one at a
+        time to a local store. The offset moves only over the batches sent in order, so
+        a sync after a failure sends again from the first batch not sent."""
+        lanes = LANES if self.uri.startswith(("http://", "https://")) else 1
+        if lanes == 1:
+            while self.send_batch():
+                pass
+            return
+        drain = Drain(self)
+        threads = [threading.Thread(target=drain.lane, daemon=True) for _ in range(lanes)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if drain.given_up:
+            raise GiveUp
 
     # ------------------------------------------------------------------ the calls
     def open(self) -> None:
@@ -270,9 +291,12 @@ class Mirror(Session):
         self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
 
     def log_pending(self) -> None:
+        self.log_values(self.pending)
+
+    def log_values(self, values: list[Value]) -> None:
         from mlflow.entities import Metric
 
-        metrics = [Metric(v.key, v.value, v.timestamp, v.step) for v in self.pending]
+        metrics = [Metric(v.key, v.value, v.timestamp, v.step) for v in values]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_artifacts(self) -> None:
