@@ -284,6 +284,37 @@ def test_a_refused_mount_falls_back_to_a_copy_and_says_why(
     assert not (run.run_dir / "snapshot/train.py").is_symlink()
 
 
+def test_a_filesystem_the_kernel_refuses_is_copied_to_and_not_tried_again(
+    share: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The home folder on an overlay, which the kernel refuses as an upper layer: the fit
+    is copied and says why; the next fit in this process copies at once (no new tree)."""
+    from fitdock.runs import shared_snapshot
+
+    monkeypatch.setattr(shared_snapshot, "_REFUSED", {})
+    layers = {name: tmp_path / name for name in ("lower", "upper", "work", "home")}
+    for folder in layers.values():
+        folder.mkdir()
+    overlay.mount(layers["lower"], layers["upper"], layers["work"], layers["home"])
+    try:
+        monkeypatch.setenv("FITDOCK_HOME", str(layers["home"]))
+        src = write_script(tmp_path / "src", "print('copied')\n")
+        first = fit(src)
+        assert first.status is RunStatus.COMPLETED, first.error
+        source = first.record["source"]
+        assert source["placement"] == "copy" and "shared" not in source, source
+        assert "refused before" not in source["share_error"], source
+        trees = sorted(store_root().iterdir())
+        second = fit(src)
+        assert second.status is RunStatus.COMPLETED, second.error
+        assert "refused before, in this process" in second.record["source"]["share_error"]
+        assert sorted(store_root().iterdir()) == trees  # not keyed, nor stored, again
+        assert (second.run_dir / "snapshot/train.py").read_text() == "print('copied')\n"
+    finally:
+        for point in reversed(overlays_under(tmp_path)):
+            overlay.unmount(Path(point))
+
+
 def test_the_switch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = write_script(tmp_path / "src", "print('hi')\n")
     monkeypatch.setenv("FITDOCK_SNAPSHOT", "copy")

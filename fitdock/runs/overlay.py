@@ -46,6 +46,11 @@ LOWER = "lower"  # <run>/.snapshot/lower: a link to the store tree the overlay i
 STRICT = ",redirect_dir=off,metacopy=off"
 
 
+class MountRefused(OSError):
+    """The kernel refused the mount itself (no privilege; an upper layer on a filesystem
+    that cannot be one, e.g. NFS or an overlay): it will refuse the same mount again."""
+
+
 @dataclass(frozen=True)
 class OverlayMount:
     point: str  # where it is mounted
@@ -80,7 +85,7 @@ def _mount(point: Path, options: str) -> None:
     data = os.fsencode(options)
     if libc.mount(b"overlay", os.fsencode(point), b"overlay", 0, data) != 0:
         code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code), os.fspath(point))
+        raise MountRefused(code, os.strerror(code), os.fspath(point))
 
 
 def unmount(point: Path) -> None:

@@ -23,7 +23,8 @@ the local target; docker, hosts and slurm see the run folder from another mount 
 or machine and keep copies), and only for trees big enough that a mount beats a copy
 (``MIN_FILES`` or ``MIN_BYTES``). ``FITDOCK_SNAPSHOT=copy`` turns sharing off,
 ``FITDOCK_SNAPSHOT=share`` uses it whatever the size. A mount the kernel refuses falls back
-to a copy, and the record says why (``SourceInfo.share_error``).
+to a copy, and the record says why (``SourceInfo.share_error``); later fits of the process
+on that filesystem copy at once (``_REFUSED``).
 
 The end: ``release`` (the supervisor, before the record turns terminal) unmounts the
 overlay and flattens it into a plain folder that links into the store for what the run
@@ -123,12 +124,23 @@ def place_snapshot(
     size = sum(st.st_size for _, st in files)
     if not should_share(mode(), local_mounts, privileged(), len(files), size):
         return place(source, run.snapshot, files)
-    try:
-        return _share(source, run, files, size)
-    except OSError as exc:  # refused by the kernel, a path that cannot be an option, ...
-        _undo(run)
-        summary = place(source, run.snapshot, files)
-        return dataclasses.replace(summary, share_error=f"{exc.strerror or exc}: {exc.filename}")
+    device = os.stat(run.path).st_dev
+    refused = _REFUSED.get(device)
+    if refused is None:
+        try:
+            return _share(source, run, files, size)
+        except OSError as exc:  # refused by the kernel, a path that cannot be an option, ...
+            _undo(run)
+            refused = f"{exc.strerror or exc}: {exc.filename}"
+            if isinstance(exc, overlay.MountRefused):  # so not again, on this filesystem
+                _REFUSED[device] = f"{refused} (refused before, in this process)"
+    summary = place(source, run.snapshot, files)
+    return dataclasses.replace(summary, share_error=refused)
+
+
+# The filesystems (by device) on which the kernel refused an overlay's upper layer: later
+# fits in this process copy at once, without keying the tree or storing it first.
+_REFUSED: dict[int, str] = {}
 
 
 class _SourceChanged(OSError):
